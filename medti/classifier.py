@@ -1,0 +1,12 @@
+"""Placeholder: `medti train-classifier` is being built (see the open issues)."""
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("train-classifier", help="(not built yet)")
+    p.set_defaults(func=_todo)
+
+
+def _todo(args) -> int:
+    from medti.errors import MedtiError
+
+    raise MedtiError("'medti train-classifier' is not built yet")

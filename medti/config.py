@@ -1,0 +1,137 @@
+"""params.yaml: loading, validation against the schema, and per-modality views.
+
+params.yaml is the one source of parameters for Snakemake, DVC and the CLI. The schema lives in the
+package (``medti/schemas/params.schema.yaml``) so that the Snakefile's ``validate`` and ``medti`` use the
+same file. Values are validated once, with a one-line error naming the setting.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from medti.errors import ConfigError
+
+SCHEMA_PATH = Path(str(resources.files("medti") / "schemas" / "params.schema.yaml"))
+
+
+@lru_cache(maxsize=1)
+def load_schema() -> dict:
+    with open(SCHEMA_PATH, encoding="utf-8") as fh:
+        return yaml.safe_load(fh)
+
+
+def _path_of(error) -> str:
+    parts = [str(p) for p in error.absolute_path]
+    return ".".join(parts) if parts else "(top level)"
+
+
+def validate(params: dict, source: str = "params.yaml") -> dict:
+    """Validate ``params`` in place, filling schema defaults; raise ConfigError on the first problem."""
+    import jsonschema
+
+    schema = load_schema()
+    validator_cls = jsonschema.validators.validator_for(schema)
+    validator = _with_defaults(validator_cls)(schema)
+    errors = sorted(validator.iter_errors(params), key=lambda e: (len(list(e.absolute_path)), str(e.message)))
+    if errors:
+        err = errors[0]
+        raise ConfigError(f"{source}: {_path_of(err)}: {err.message}")
+    _check_cross_references(params, source)
+    return params
+
+
+def _with_defaults(validator_cls):
+    """A validator that also fills in ``default`` values from the schema (as Snakemake's validate does)."""
+    import jsonschema
+
+    validate_properties = validator_cls.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for name, sub in properties.items():
+                if isinstance(sub, dict) and "default" in sub and name not in instance:
+                    instance[name] = copy.deepcopy(sub["default"])
+        yield from validate_properties(validator, properties, instance, schema)
+
+    return jsonschema.validators.extend(validator_cls, {"properties": set_defaults})
+
+
+def _check_cross_references(params: dict, source: str) -> None:
+    for name, mod in params.get("modalities", {}).items():
+        classes = mod.get("classes", [])
+        if len(set(classes)) != len(classes):
+            raise ConfigError(f"{source}: modalities.{name}.classes: class names repeat: {classes}")
+        for key in ("init_words",):
+            for cls in mod.get(key, {}) or {}:
+                if cls not in classes:
+                    raise ConfigError(
+                        f"{source}: modalities.{name}.{key}.{cls}: '{cls}' is not one of the classes {classes}"
+                    )
+
+
+def load_params(path: str | os.PathLike = "params.yaml", overrides: dict | None = None) -> dict:
+    """Read, merge ``overrides`` (a nested dict) and validate params.yaml."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: parameter file not found")
+    try:
+        with open(path, encoding="utf-8") as fh:
+            params = yaml.safe_load(fh) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark else ""
+        raise ConfigError(f"{path}: not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+    if not isinstance(params, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+    if overrides:
+        params = deep_merge(params, overrides)
+    params = validate(params, source=str(path))
+    params.setdefault("_meta", {})["root"] = str(path.resolve().parent)
+    return params
+
+
+def deep_merge(base: dict, extra: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in extra.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def project_root(params: dict | None = None) -> Path:
+    """The folder that holds params.yaml (or MEDTI_PROJECT_ROOT, or the working directory)."""
+    if params and "_meta" in params:
+        return Path(params["_meta"]["root"])
+    env = os.environ.get("MEDTI_PROJECT_ROOT")
+    return Path(env).resolve() if env else Path.cwd().resolve()
+
+
+def modality(params: dict, name: str) -> dict:
+    """One modality's settings, with its stage overrides merged over the global stage sections."""
+    mods = params.get("modalities", {})
+    if name not in mods:
+        raise ConfigError(f"params.yaml: modalities.{name}: no such modality (have: {', '.join(mods) or 'none'})")
+    return mods[name]
+
+
+def stage(params: dict, section: str, modality_name: str | None = None) -> dict[str, Any]:
+    """A stage section (e.g. ``train_embedding``), with the modality's override of it merged in."""
+    base = copy.deepcopy(params.get(section, {}))
+    if modality_name is not None:
+        override = (modality(params, modality_name).get("overrides") or {}).get(section) or {}
+        base = deep_merge(base, override)
+    return base
+
+
+def class_token(modality_name: str, class_name: str) -> str:
+    """The placeholder token of one modality and class, e.g. ``<chest_xray-opacity>``."""
+    return f"<{modality_name}-{class_name}>"

@@ -1,0 +1,12 @@
+"""Placeholder: `medti embedding` is being built (see the open issues)."""
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("embedding", help="(not built yet)")
+    p.set_defaults(func=_todo)
+
+
+def _todo(args) -> int:
+    from medti.errors import MedtiError
+
+    raise MedtiError("'medti embedding' is not built yet")

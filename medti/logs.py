@@ -1,0 +1,71 @@
+"""Logging set-up shared by every command: one format, stderr plus an optional log file.
+
+Log lines carry configuration values, counts and de-identified ids only; stage code never logs DICOM header
+values (file names of DICOMs are logged by their position relative to the input root only where a user
+must find a bad file).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import warnings
+
+FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+
+_NOISY = ("diffusers", "transformers", "urllib3", "httpx", "filelock", "alembic", "git", "PIL", "matplotlib")
+
+
+def setup_logging(log_file: str | os.PathLike | None = None, verbose: int = 0, quiet: bool = False) -> None:
+    level = logging.WARNING if quiet else (logging.DEBUG if verbose > 0 else logging.INFO)
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(FORMAT, datefmt="%H:%M:%S"))
+    root.addHandler(handler)
+    if log_file:
+        os.makedirs(os.path.dirname(os.path.abspath(log_file)), exist_ok=True)
+        fh = logging.FileHandler(log_file, mode="w", encoding="utf-8")
+        fh.setFormatter(logging.Formatter(FORMAT))
+        root.addHandler(fh)
+    root.setLevel(level)
+    quiet_libraries()
+
+
+def quiet_libraries() -> None:
+    """Silence the chatter of third-party libraries (load bars, torchvision and accelerate hints)."""
+    for name in _NOISY:
+        logging.getLogger(name).setLevel(logging.ERROR)
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=".*torchvision.*")
+    try:
+        import transformers
+
+        transformers.utils.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()
+    except Exception:  # pragma: no cover - transformers is a hard dependency, but keep logging robust
+        pass
+    try:
+        import diffusers
+
+        diffusers.utils.logging.set_verbosity_error()
+        diffusers.utils.logging.disable_progress_bar()
+    except Exception:  # pragma: no cover
+        pass
+
+
+def progress(iterable=None, **kwargs):
+    """A tqdm progress bar on stderr; hidden when stderr is not a terminal unless MEDTI_PROGRESS=1."""
+    from tqdm.auto import tqdm
+
+    force = os.environ.get("MEDTI_PROGRESS")
+    disable = (force == "0") if force is not None else (not sys.stderr.isatty())
+    kwargs.setdefault("dynamic_ncols", True)
+    kwargs.setdefault("leave", False)
+    return tqdm(iterable, disable=disable, file=sys.stderr, **kwargs)

@@ -1,0 +1,12 @@
+"""Placeholder: `medti phantoms` is being built (see the open issues)."""
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("phantoms", help="(not built yet)")
+    p.set_defaults(func=_todo)
+
+
+def _todo(args) -> int:
+    from medti.errors import MedtiError
+
+    raise MedtiError("'medti phantoms' is not built yet")
