@@ -26,6 +26,7 @@ COMMAND_MODULES = (
     "medti.evaluate",
     "medti.report",
     "medti.bench",
+    "medti.workflow",
 )
 
 

@@ -33,9 +33,15 @@ def _path_of(error) -> str:
 
 
 def validate(params: dict, source: str = "params.yaml") -> dict:
-    """Validate ``params`` in place, filling schema defaults; raise ConfigError on the first problem."""
+    """Validate ``params`` in place, filling schema defaults; raise ConfigError on the first problem.
+
+    Also derives, per modality, ``classes`` (label order) and ``init_words`` from the ``classes`` section, so
+    code reads ``params["modalities"][m]["classes"]``. Validating an already validated dict is a no-op.
+    """
     import jsonschema
 
+    if params.get("_meta", {}).get("validated"):
+        return params
     schema = load_schema()
     validator_cls = jsonschema.validators.validator_for(schema)
     validator = _with_defaults(validator_cls)(schema)
@@ -43,8 +49,28 @@ def validate(params: dict, source: str = "params.yaml") -> dict:
     if errors:
         err = errors[0]
         raise ConfigError(f"{source}: {_path_of(err)}: {err.message}")
+    _derive_classes(params, source)
     _check_cross_references(params, source)
+    params.setdefault("_meta", {})["validated"] = True
     return params
+
+
+def _derive_classes(params: dict, source: str) -> None:
+    modalities = params["modalities"]
+    for mod in modalities.values():
+        mod["classes"], mod["init_words"] = [], {}
+    for key, entry in params["classes"].items():
+        name, cls = entry["modality"], entry["class"]
+        if name not in modalities:
+            raise ConfigError(f"{source}: classes.{key}.modality: '{name}' is not one of the modalities ({', '.join(modalities)})")
+        if key != f"{name}-{cls}":
+            raise ConfigError(f"{source}: classes.{key}: the key must be '{name}-{cls}' (<modality>-<class>)")
+        modalities[name]["classes"].append(cls)
+        if entry.get("init"):
+            modalities[name]["init_words"][cls] = entry["init"]
+    for name, mod in modalities.items():
+        if len(mod["classes"]) < 2:
+            raise ConfigError(f"{source}: classes: modality '{name}' needs at least two classes, has {mod['classes']}")
 
 
 def _with_defaults(validator_cls):
@@ -64,16 +90,10 @@ def _with_defaults(validator_cls):
 
 
 def _check_cross_references(params: dict, source: str) -> None:
-    for name, mod in params.get("modalities", {}).items():
-        classes = mod.get("classes", [])
-        if len(set(classes)) != len(classes):
-            raise ConfigError(f"{source}: modalities.{name}.classes: class names repeat: {classes}")
-        for key in ("init_words",):
-            for cls in mod.get(key, {}) or {}:
-                if cls not in classes:
-                    raise ConfigError(
-                        f"{source}: modalities.{name}.{key}.{cls}: '{cls}' is not one of the classes {classes}"
-                    )
+    modalities = params.get("modalities", {})
+    for name in (params.get("phantoms") or {}).get("modalities", []):
+        if name not in modalities:
+            raise ConfigError(f"{source}: phantoms.modalities: '{name}' is not one of the modalities ({', '.join(modalities)})")
 
 
 def load_params(path: str | os.PathLike = "params.yaml", overrides: dict | None = None) -> dict:

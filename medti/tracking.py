@@ -86,7 +86,7 @@ class Tracker:
 
     def __init__(self, params: dict | None, stage: str, run_name: str | None = None,
                  tags: dict[str, Any] | None = None, experiment: str | None = None,
-                 root: str | os.PathLike | None = None):
+                 root: str | os.PathLike | None = None, inputs: dict[str, str | os.PathLike] | None = None):
         self.uri = tracking_uri(params, root=root)
         self.stage = stage
         self.run_name = run_name or stage
@@ -94,6 +94,7 @@ class Tracker:
         self.tags = {k: str(v) for k, v in (tags or {}).items() if v is not None}
         self.tags["stage"] = stage
         self.root = Path(root) if root is not None else None
+        self.inputs = {k: Path(v) for k, v in (inputs or {}).items() if v is not None}
         self._client = None
         self.run_id: str | None = None
         self._pending: list = []
@@ -124,6 +125,7 @@ class Tracker:
         commit = git_commit(self.root)
         if commit:
             self.tags.setdefault("git_commit", commit)
+        self.tags.update(input_tags(self.inputs))
         self.tags.setdefault("mlflow.runName", self.run_name)
         run = retry(self._client.create_run, exp_id, run_name=self.run_name, tags=self.tags)
         self.run_id = run.info.run_id
@@ -203,6 +205,13 @@ class Tracker:
         if not self.enabled:
             return
         self._client.log_dict(self.run_id, obj, name)
+
+
+def input_tags(inputs: dict[str, Path]) -> dict[str, str]:
+    """``input.<name>.md5`` tags holding the DVC checksum of each input that exists."""
+    from medti.checksums import dvc_md5
+
+    return {f"input.{name}.md5": dvc_md5(p) for name, p in inputs.items() if p.exists()}
 
 
 def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:

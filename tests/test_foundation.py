@@ -21,12 +21,24 @@ def test_default_params_validate_and_fill_defaults():
     params = load_params(ROOT / "params.yaml")
     assert set(params["modalities"]) == {"chest_xray", "prostate_mri", "histopathology"}
     assert params["train_embedding"]["augment"]["hflip"] is False  # anatomy is lateralised
+    # classes are derived per modality, in label order, from the one `classes` section
+    assert params["modalities"]["prostate_mri"]["classes"] == ["no_cspca", "cspca"]
+    assert params["modalities"]["chest_xray"]["init_words"]["opacity"] == "focal opacity chest x-ray"
+
+
+def test_a_modality_with_one_class_is_rejected(tmp_path):
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    del params["classes"]["chest_xray-normal"]
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(params))
+    with pytest.raises(ConfigError, match="chest_xray' needs at least two classes"):
+        load_params(tmp_path / "p.yaml")
 
 
 @pytest.mark.parametrize("path,value,fragment", [
     (("train_embedding", "num_vectors"), 0, "train_embedding.num_vectors"),
     (("generate", "scheduler"), "heun", "generate.scheduler"),
-    (("modalities", "chest_xray", "classes"), ["only"], "modalities.chest_xray.classes"),
+    (("classes", "chest_xray-normal", "class"), "Normal", "classes.chest_xray-normal.class"),
+    (("classes", "chest_xray-normal", "modality"), "chest", "classes.chest_xray-normal"),
     (("prepare", "on_error"), "ignore", "prepare.on_error"),
 ])
 def test_bad_params_fail_with_the_setting_named(tmp_path, path, value, fragment):

@@ -1,0 +1,32 @@
+# medti: phantoms/ingest -> one embedding per modality and class -> synthetic sets -> classifiers per
+# condition and seed -> evaluation -> report.  `snakemake --cores 4 --resources gpu=1`; `snakemake -n`.
+# params.yaml is the one source of parameters (DVC reads it too); each rule calls the medti CLI with the
+# same command dvc.yaml runs (tests/test_workflow_sync.py fails when the two drift apart).
+
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "params.yaml"
+
+
+include: "workflow/rules/common.smk"
+wildcard_constraints:
+    modality="|".join(MODALITIES),
+    cls="[a-z0-9_]+",
+    condition="|".join(CONDITIONS),
+    seed=r"\d+",
+
+
+include: "workflow/rules/data.smk"
+include: "workflow/rules/embeddings.smk"
+include: "workflow/rules/synthetic.smk"
+include: "workflow/rules/classifiers.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    input:
+        OUT["report"],
+    default_target: True

@@ -1,0 +1,35 @@
+# Data: the embedded phantom DICOMs (default) and ingestion into a de-identified, split dataset.
+
+
+rule phantoms:
+    output:
+        directory(f"{OUT['phantoms']}/{{modality}}"),
+    params:
+        settings=lambda wc: config["phantoms"],
+    log:
+        "logs/phantoms/{modality}.log",
+    benchmark:
+        "benchmarks/phantoms/{modality}.tsv"
+    conda:
+        "../envs/medti.yaml"
+    threads: 1
+    shell:
+        "medti phantoms --params params.yaml --modality {wildcards.modality} --out {output} --log {log}"
+
+
+rule prepare:
+    input:
+        source_inputs,
+    output:
+        directory(f"{OUT['prepared']}/{{modality}}"),
+    params:
+        settings=settings("prepare", "seed"),
+    log:
+        "logs/prepare/{modality}.log",
+    benchmark:
+        "benchmarks/prepare/{modality}.tsv"
+    conda:
+        "../envs/medti.yaml"
+    threads: config["prepare"]["workers"]
+    shell:
+        "medti prepare --params params.yaml --modality {wildcards.modality} --out {output} --log {log}"

@@ -1,0 +1,24 @@
+# One Textual Inversion embedding per modality and class (base model frozen).
+
+
+rule train_embedding:
+    input:
+        prepared=f"{OUT['prepared']}/{{modality}}",
+    output:
+        embedding=f"{OUT['embeddings']}/{{modality}}/{{cls}}.safetensors",
+        report=directory(f"{OUT['train_reports']}/{{modality}}/{{cls}}"),
+    params:
+        settings=settings("train_embedding", "base_model", "seed"),
+    log:
+        "logs/train_embedding/{modality}/{cls}.log",
+    benchmark:
+        "benchmarks/train_embedding/{modality}/{cls}.tsv"
+    conda:
+        "../envs/medti.yaml"
+    threads: 2
+    resources:
+        gpu=GPU,
+    shell:
+        "medti train-embedding --params params.yaml --modality {wildcards.modality} --class {wildcards.cls}"
+        " --manifest {input.prepared}/manifest.csv --output {output.embedding} --report-dir {output.report}"
+        " --log {log}"
