@@ -1,12 +1,19 @@
-"""Embedding files: medti's safetensors format, and reading diffusers, A1111 and kohya files.
+"""Embedding files: medti's safetensors format, and reading and writing diffusers, A1111 and kohya files.
 
 medti writes ``<name>.safetensors`` holding exactly one tensor, ``{token: float32[num_vectors, dim]}``, so
 diffusers' ``pipeline.load_textual_inversion(path)`` loads it as it is. The safetensors header metadata
 (strings only) records the base model, a hash of the text encoder's config, the token, vector count,
 steps, the manifest checksum and the medti version. It never holds a DICOM header value.
 
-Pickle-based files (A1111 ``.pt``, diffusers ``learned_embeds.bin``) are read with
-``torch.load(weights_only=True)`` only: a pickle that would run code is refused.
+Other formats, for use in other tools (``export_embedding`` / ``medti embedding convert``):
+- ``diffusers``: ``{token: tensor}`` without medti's metadata, as ``.safetensors`` or ``learned_embeds.bin``;
+- ``a1111``: the AUTOMATIC1111 web UI's ``.pt``: ``{"string_to_token": {"*": 265}, "string_to_param":
+  {"*": tensor}, "name", "step", "sd_checkpoint", "sd_checkpoint_name"}`` (the web UI names the token
+  after the file);
+- ``kohya``: sd-scripts' ``{"emb_params": tensor}`` safetensors (SD 1.x/2.x).
+
+Pickle-based files (A1111 ``.pt``, diffusers ``.bin``) are read with ``torch.load(weights_only=True)``
+only: a pickle that would run code is refused, and nothing in it runs.
 """
 
 from __future__ import annotations
@@ -15,18 +22,24 @@ import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+from medti.errors import ConfigError, ModelError
 
-from medti.errors import ModelError
+if TYPE_CHECKING:
+    import torch
 
 FORMAT = "medti-ti/1"
+FORMATS = ("medti", "diffusers", "a1111", "kohya")
+A1111_STAR_TOKEN = 265  # the id of "*" in CLIP's vocabulary, which the web UI writes in string_to_token
+_SUFFIXES = {"medti": (".safetensors",), "diffusers": (".safetensors", ".bin"), "a1111": (".pt",),
+             "kohya": (".safetensors",)}
 
 
 @dataclass
 class Embedding:
     token: str
-    vectors: torch.Tensor  # [num_vectors, dim], float32, on the CPU
+    vectors: "torch.Tensor"  # [num_vectors, dim], float32, on the CPU
     metadata: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -39,9 +52,17 @@ class Embedding:
 
     def checksum(self) -> str:
         """sha256 of the token and the vectors' bytes: identifies the embedding whatever the file format."""
+        import torch
+
         h = hashlib.sha256(self.token.encode("utf-8"))
         h.update(self.vectors.detach().to(torch.float32).contiguous().cpu().numpy().tobytes())
         return h.hexdigest()
+
+
+def _tensor(emb: Embedding):
+    import torch
+
+    return emb.vectors.detach().to(torch.float32).contiguous().cpu()
 
 
 def save_embedding(emb: Embedding, path: str | os.PathLike) -> Path:
@@ -56,14 +77,69 @@ def save_embedding(emb: Embedding, path: str | os.PathLike) -> Path:
     meta["token"] = emb.token
     meta["num_vectors"] = str(emb.num_vectors)
     meta["dim"] = str(emb.dim)
-    tensor = emb.vectors.detach().to(torch.float32).contiguous().cpu()
     with atomic_path(path) as tmp:
-        save_file({emb.token: tensor}, str(tmp), metadata=meta)
+        save_file({emb.token: _tensor(emb)}, str(tmp), metadata=meta)
     return path
+
+
+def infer_format(path: str | os.PathLike) -> str:
+    """The format a file name suggests: .pt -> a1111, .bin -> diffusers, .safetensors -> medti."""
+    suffix = Path(path).suffix
+    by_suffix = {".pt": "a1111", ".bin": "diffusers", ".safetensors": "medti"}
+    if suffix not in by_suffix:
+        raise ConfigError(f"{path}: cannot tell the embedding format from '{suffix}' (use .safetensors, .pt or .bin)")
+    return by_suffix[suffix]
+
+
+def export_embedding(emb: Embedding, path: str | os.PathLike, fmt: str | None = None) -> Path:
+    """Write ``emb`` atomically in ``fmt`` (medti, diffusers, a1111 or kohya; default: from the suffix)."""
+    import torch
+    from safetensors.torch import save_file
+
+    from medti.atomic import atomic_path
+
+    path = Path(path)
+    fmt = fmt or infer_format(path)
+    if fmt not in FORMATS:
+        raise ConfigError(f"--format {fmt}: unknown embedding format (choose from {', '.join(FORMATS)})")
+    if path.suffix not in _SUFFIXES[fmt]:
+        raise ConfigError(f"{path}: a {fmt} embedding is written as {' or '.join(_SUFFIXES[fmt])}")
+    if fmt == "medti":
+        return save_embedding(emb, path)
+    with atomic_path(path) as tmp:
+        if fmt == "diffusers" and path.suffix == ".safetensors":
+            save_file({emb.token: _tensor(emb)}, str(tmp))
+        elif fmt == "diffusers":
+            torch.save({emb.token: _tensor(emb)}, str(tmp))
+        elif fmt == "kohya":
+            meta = {k: str(v) for k, v in emb.metadata.items() if v is not None and k != "format"}
+            meta.update(token=emb.token, num_vectors=str(emb.num_vectors), dim=str(emb.dim))
+            save_file({"emb_params": _tensor(emb)}, str(tmp), metadata=meta)
+        else:  # a1111
+            steps = emb.metadata.get("steps") or emb.metadata.get("step")
+            torch.save({
+                "string_to_token": {"*": A1111_STAR_TOKEN},
+                "string_to_param": {"*": _tensor(emb)},
+                "name": emb.token,
+                "step": int(steps) if steps and str(steps).isdigit() else 0,
+                "sd_checkpoint": None,
+                "sd_checkpoint_name": emb.metadata.get("base_model"),
+            }, str(tmp))
+    return path
+
+
+def convert_embedding(src: str | os.PathLike, dst: str | os.PathLike, fmt: str | None = None,
+                      token: str | None = None) -> Embedding:
+    """Read any supported embedding file and write it as ``fmt``; ``token`` renames it."""
+    emb = load_embedding(src, token=token)
+    export_embedding(emb, dst, fmt)
+    return emb
 
 
 def load_embedding(path: str | os.PathLike, token: str | None = None) -> Embedding:
     """Read any supported embedding file; ``token`` overrides the file's own token name."""
+    import torch
+
     path = Path(path)
     if not path.is_file():
         raise ModelError(f"{path}: embedding file not found")
@@ -73,7 +149,8 @@ def load_embedding(path: str | os.PathLike, token: str | None = None) -> Embeddi
         state, meta = _read_pickle(path), {}
     else:
         raise ModelError(f"{path}: unknown embedding format '{path.suffix}' (expected .safetensors, .pt or .bin)")
-    name, vectors = _parse_state(path, state, meta)
+    name, vectors, extra = _parse_state(path, state, meta)
+    meta = {**extra, **meta}
     if vectors.ndim == 1:
         vectors = vectors.unsqueeze(0)
     if vectors.ndim != 2:
@@ -98,6 +175,8 @@ def _read_safetensors(path: Path):
 def _read_pickle(path: Path):
     import pickle
 
+    import torch
+
     try:
         return torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -110,21 +189,31 @@ def _read_pickle(path: Path):
 
 
 def _parse_state(path: Path, state, meta: dict):
+    """(token name, vectors, metadata found in the payload) of a loaded file."""
+    import torch
+
     if isinstance(state, torch.Tensor):
-        return path.stem, state
+        return path.stem, state, {}
     if not isinstance(state, dict):
         raise ModelError(f"{path}: unexpected content ({type(state).__name__}), not an embedding")
     if "string_to_param" in state:  # AUTOMATIC1111
         params = state["string_to_param"]
-        if not isinstance(params, dict) or "*" not in params:
-            raise ModelError(f"{path}: A1111 file without string_to_param['*']")
-        return str(state.get("name") or path.stem), params["*"]
+        if not isinstance(params, dict) or len(params) != 1 or not isinstance(next(iter(params.values())), torch.Tensor):
+            raise ModelError(f"{path}: A1111 file whose string_to_param is not one tensor")
+        extra = {"source_format": "a1111"}
+        if isinstance(state.get("step"), int):
+            extra["steps"] = str(state["step"])
+        if isinstance(state.get("sd_checkpoint_name"), str):
+            extra["base_model"] = state["sd_checkpoint_name"]
+        return str(state.get("name") or path.stem), next(iter(params.values())), extra
     if "emb_params" in state:  # kohya sd-scripts (SD 1.x/2.x)
-        return str(meta.get("token") or path.stem), state["emb_params"]
+        return str(meta.get("token") or path.stem), state["emb_params"], {"source_format": "kohya"}
+    if "clip_l" in state or "clip_g" in state:
+        raise ModelError(f"{path}: an SDXL embedding (clip_l/clip_g): only SD 1.x/2.x embeddings are supported")
     tensors = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
     if len(tensors) == 1:  # medti and diffusers' learned_embeds
         (name, vectors), = tensors.items()
-        return name, vectors
+        return name, vectors, {}
     raise ModelError(
         f"{path}: cannot tell which tensor is the embedding (keys: {', '.join(list(state)[:6])}); "
         "expected one tensor, A1111 string_to_param or kohya emb_params"
@@ -132,7 +221,7 @@ def _parse_state(path: Path, state, meta: dict):
 
 
 def add_parser(sub) -> None:
-    """``medti embedding`` (inspect and convert); its sub-commands are registered by the trainer module."""
+    """``medti embedding info`` and ``medti embedding convert``."""
     from medti.cliutils import add_common
 
     p = sub.add_parser("embedding", help="inspect or convert embedding files (medti, diffusers, A1111, kohya)")
@@ -141,6 +230,16 @@ def add_parser(sub) -> None:
                       params=False)
     info.add_argument("path")
     info.set_defaults(func=_info)
+    conv = add_common(esub.add_parser(
+        "convert", help="convert between medti, diffusers, A1111 (.pt) and kohya files",
+        description="Read any supported embedding (pickles only with torch.load(weights_only=True)) and write "
+                    "it in another tool's format. The format defaults to the one OUT's suffix suggests "
+                    "(.pt: a1111, .bin: diffusers, .safetensors: medti)."), params=False)
+    conv.add_argument("src", metavar="IN")
+    conv.add_argument("dst", metavar="OUT")
+    conv.add_argument("--format", choices=FORMATS, help="the output format")
+    conv.add_argument("--token", help="rename the token (A1111 names it after the file anyway)")
+    conv.set_defaults(func=_convert)
 
 
 def _info(args) -> int:
@@ -150,4 +249,14 @@ def _info(args) -> int:
     print(json.dumps({"token": emb.token, "num_vectors": emb.num_vectors, "dim": emb.dim,
                       "checksum": emb.checksum(), "bytes": Path(args.path).stat().st_size,
                       "metadata": emb.metadata}, indent=2))
+    return 0
+
+
+def _convert(args) -> int:
+    import json
+
+    fmt = args.format or infer_format(args.dst)
+    emb = convert_embedding(args.src, args.dst, fmt, token=args.token)
+    print(json.dumps({"token": emb.token, "num_vectors": emb.num_vectors, "dim": emb.dim, "format": fmt,
+                      "checksum": emb.checksum(), "out": str(args.dst)}, indent=2))
     return 0

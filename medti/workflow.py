@@ -84,32 +84,46 @@ def check(root: str | os.PathLike = ".") -> list[str]:
 
 
 def restore_mtimes(root: str | os.PathLike = ".") -> list[str]:
-    """Give DVC outputs that match dvc.lock modification times in pipeline order; return the paths touched.
+    """Give DVC-tracked files that match dvc.lock modification times in pipeline order; return them.
 
-    Only stages whose dependencies and outputs all match their dvc.lock entry are touched (DVC's own check,
-    by content hash), upstream before downstream, each later than the last, so Snakemake's time-stamp
-    comparison agrees with DVC. Missing or changed files are left alone.
+    A stage's outputs are re-timed when each of them exists with the content dvc.lock records and none of
+    its dependencies that exist (files or parameters) differs from the lock; missing dependencies (raw data
+    a colleague did not pull) are fine, Snakemake does not rerun a job for an absent input. Upstream files
+    get earlier times than downstream ones, so Snakemake's time-stamp comparison agrees with DVC's content
+    hashes. Anything changed since the lock keeps its own, newer time and is rerun as it should be.
     """
     import networkx as nx
+    from dvc.dependency.param import ParamsDependency
     from dvc.repo import Repo
 
     touched: list[str] = []
-    stamp = time.time() - 3600.0  # an hour back, then forward one second per stage
+    base = time.time() - 3600.0
     with Repo(str(root)) as repo:
-        graph = repo.index.graph
-        for stage in reversed(list(nx.topological_sort(graph))):
-            if not stage.cmd or not stage.is_cached:
+        graph = repo.index.graph  # edges point from a stage to the stages it depends on
+        order = list(reversed(list(nx.topological_sort(graph))))
+        produced = {str(o.def_path) for s in order for o in s.outs}
+        for rank, stage in enumerate(order, start=1):
+            outs = list(stage.outs)
+            if not outs or not all(Path(root, o.def_path).exists() and not o.status() for o in outs):
                 continue
-            if not all(Path(root, o.def_path).exists() for o in stage.outs):
+            if any(_dependency_changed(d, root) for d in stage.deps):
                 continue
-            if stage.changed(allow_missing=False):
-                continue
-            stamp += 1.0
-            for out in stage.outs:
-                path = Path(root, out.def_path)
-                _touch_tree(path, stamp)
+            for dep in stage.deps:  # data the pipeline does not produce (e.g. `dvc add`ed raw data) goes first
+                path = Path(root, str(dep.def_path))
+                if not isinstance(dep, ParamsDependency) and path.exists() and str(dep.def_path) not in produced:
+                    _touch_tree(path, base)
+            for out in outs:
+                _touch_tree(Path(root, out.def_path), base + rank)
                 touched.append(str(out.def_path))
     return touched
+
+
+def _dependency_changed(dep, root) -> bool:
+    from dvc.dependency.param import ParamsDependency
+
+    if not isinstance(dep, ParamsDependency) and not Path(root, str(dep.def_path)).exists():
+        return False
+    return bool(dep.status())
 
 
 def _touch_tree(path: Path, stamp: float) -> None:

@@ -1,12 +1,162 @@
-"""Placeholder: `medti prepare` is being built (see the open issues)."""
+"""``medti prepare``: pipeline form (``--params --modality``) or standalone (a source on the command line)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from medti.cliutils import add_common, load_params_arg
+from medti.errors import ConfigError
+
+log = logging.getLogger("medti.prepare")
+
+# Options of the standalone form only (with --params, params.yaml holds them)
+_STANDALONE_FLAGS = ("seed", "source_type", "input", "labels", "label_key", "label_column", "label_tag", "label_map",
+                 "classes", "series_channels", "series_group_by", "series_match", "sequences", "mask", "slice",
+                 "frames", "window", "subject_from", "class_names", "download")
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("prepare", help="(not built yet)")
-    p.set_defaults(func=_todo)
+    p = sub.add_parser(
+        "prepare", help="ingest DICOM, volumes, image folders or MedMNIST into a de-identified, split dataset",
+        description="Turn a source (DICOM folder or multi-sequence series, .mha/.nii.gz volumes, PNG/JPEG/TIFF "
+                    "folders, MedMNIST .npz) into 8-bit PNGs, a manifest, rejects.csv, summary.json and sample "
+                    "grids, split by subject and stratified by class. Pipeline form: --params params.yaml "
+                    "--modality M --out DIR. Standalone form: --source-type T --input PATH --classes a,b --out DIR "
+                    "(plus labels and settings flags).")
+    add_common(p)
+    p.add_argument("--modality", help="modality in params.yaml (pipeline form); the dataset's name (standalone)")
+    p.add_argument("--out", help="output folder (default: prepare.out/<modality>)")
+    p.add_argument("--workers", type=int, help="worker processes (default: prepare.workers)")
+    p.add_argument("--on-error", choices=["skip", "fail"], help="per-file problems: skip (listed in rejects.csv) or fail")
+    s = p.add_argument_group("settings (override prepare.* of params.yaml)")
+    s.add_argument("--size", type=int, help="output images are SIZE x SIZE pixels")
+    s.add_argument("--fit", choices=["resize", "crop", "pad"], help="how a non-square image becomes square")
+    s.add_argument("--channels", choices=["rgb", "grey"], help="RGB output (grey replicated) or grey")
+    s.add_argument("--normalise", choices=["minmax", "percentile"], help="intensity range where no window applies")
+    s.add_argument("--split", help="train,val,test: fractions (0.5,0.25,0.25) or subject counts per class (100,50,50)")
+    s.add_argument("--ti-per-class", type=int, help="images per class for embedding training (from train)")
+    s.add_argument("--seed", type=int, help="seed of the split and subset (standalone; default 0)")
+    src = p.add_argument_group("standalone source")
+    src.add_argument("--source-type", choices=["dicom", "volume", "folder", "medmnist"])
+    src.add_argument("--input", help="the source folder (or .npz file)")
+    src.add_argument("--classes", help="class names in label order, e.g. normal,opacity")
+    src.add_argument("--labels", metavar="CSV", help="labels CSV")
+    src.add_argument("--label-key", choices=["path", "case", "SOPInstanceUID", "StudyInstanceUID", "PatientID"],
+                     help="the CSV column naming the image")
+    src.add_argument("--label-column", help="the CSV column holding the label (default: label)")
+    src.add_argument("--label-tag", metavar="KEYWORD", help="take labels from this DICOM attribute instead")
+    src.add_argument("--label-map", metavar="RAW=CLASS,...", help="map raw labels to class names")
+    src.add_argument("--series-channels", metavar="A,B,C", help="DICOM series: one pattern per channel, e.g. T2W,ADC,HBV")
+    src.add_argument("--series-group-by", metavar="KEYWORD", help="DICOM series: attribute grouping a study")
+    src.add_argument("--series-match", metavar="KEYWORD", help="DICOM series: attribute the channel patterns match")
+    src.add_argument("--sequences", metavar="P1,P2,P3", help="volumes: one file pattern per channel, e.g. *_t2w.mha")
+    src.add_argument("--mask", metavar="PATTERN", help="mask file pattern (volumes) or mask series pattern (DICOM)")
+    src.add_argument("--slice", choices=["middle", "mask_middle", "largest_lesion"])
+    src.add_argument("--frames", choices=["middle", "all"], help="multi-frame files: the middle frame or all")
+    src.add_argument("--window", metavar="auto|none|C,W", help="VOI window: from the file, none, or centre,width")
+    src.add_argument("--subject-from", help="DICOM keyword, file, folder, case or re:<regex>")
+    src.add_argument("--class-names", metavar="A,B", help="MedMNIST: class per label index")
+    src.add_argument("--download", action="store_true", help="MedMNIST: download with the medmnist package")
+    p.set_defaults(func=run)
 
 
-def _todo(args) -> int:
-    from medti.errors import MedtiError
+def _number(text: str):
+    text = text.strip()
+    return int(text) if text.isdigit() else float(text)
 
-    raise MedtiError("'medti prepare' is not built yet")
+
+def _csv(text: str | None) -> list[str] | None:
+    return [t.strip() for t in text.split(",") if t.strip()] if text else None
+
+
+def _settings(args) -> dict:
+    out = {k: getattr(args, k) for k in ("size", "fit", "channels", "normalise", "workers") if getattr(args, k) is not None}
+    if args.ti_per_class is not None:
+        out["ti_per_class"] = args.ti_per_class
+    if args.on_error is not None:
+        out["on_error"] = args.on_error
+    if args.split:
+        parts = _csv(args.split)
+        if len(parts) != 3:
+            raise ConfigError(f"--split: give train,val,test (three numbers), not '{args.split}'")
+        try:
+            out["split"] = dict(zip(("train", "val", "test"), (_number(v) for v in parts)))
+        except ValueError:
+            raise ConfigError(f"--split: '{args.split}' is not three numbers") from None
+    return out
+
+
+def _window(text: str):
+    if text in ("auto", "none"):
+        return text
+    parts = _csv(text) or []
+    try:
+        center, width = (float(v) for v in parts)
+    except ValueError:
+        raise ConfigError(f"--window: give auto, none or centre,width (e.g. 40,400), not '{text}'") from None
+    return {"center": center, "width": width}
+
+
+def _source(args) -> dict:
+    if not args.source_type or not args.input:
+        raise ConfigError("medti prepare: give --params (with --modality), or --source-type and --input (standalone)")
+    src: dict = {"type": args.source_type, "path": args.input}
+    labels = {}
+    if args.labels:
+        labels["csv"] = args.labels
+    for flag, key in (("label_key", "key"), ("label_column", "column"), ("label_tag", "tag")):
+        if getattr(args, flag):
+            labels[key] = getattr(args, flag)
+    if args.label_map:
+        pairs = [item.split("=", 1) for item in _csv(args.label_map)]
+        if any(len(p) != 2 for p in pairs):
+            raise ConfigError(f"--label-map: give raw=class pairs separated by commas, not '{args.label_map}'")
+        labels["map"] = {k.strip(): v.strip() for k, v in pairs}
+    if labels:
+        src["labels"] = labels
+    if args.series_channels:
+        src["series"] = {"channels": _csv(args.series_channels)}
+        if args.series_group_by:
+            src["series"]["group_by"] = args.series_group_by
+        if args.series_match:
+            src["series"]["match"] = args.series_match
+    for flag in ("mask", "slice", "frames", "subject_from"):
+        if getattr(args, flag):
+            src[flag] = getattr(args, flag)
+    if args.sequences:
+        src["sequences"] = _csv(args.sequences)
+    if args.window:
+        src["window"] = _window(args.window)
+    if args.class_names:
+        src["class_names"] = _csv(args.class_names)
+    if args.download:
+        src["download"] = True
+    return src
+
+
+def run(args) -> int:
+    settings = _settings(args)
+    if args.params:
+        given = [f"--{f.replace('_', '-')}" for f in _STANDALONE_FLAGS if getattr(args, f) not in (None, False)]
+        if given:
+            raise ConfigError(f"{', '.join(given)}: standalone options; with --params the source and the seed "
+                              f"come from params.yaml (modalities.<m>.source, seed)")
+        if not args.modality:
+            raise ConfigError("--modality: required with --params")
+        from medti.preprocess import prepare_dataset
+
+        result = prepare_dataset(load_params_arg(args), args.modality, args.out, **settings)
+    else:
+        if not args.out:
+            raise ConfigError("--out: required in the standalone form")
+        classes = _csv(args.classes)
+        if not classes:
+            raise ConfigError("--classes: required in the standalone form (class names in label order)")
+        from medti.preprocess import prepare_source
+
+        rest = {k: v for k, v in settings.items() if k not in ("workers", "on_error")}
+        result = prepare_source(_source(args), classes, args.out, modality=args.modality or "data", settings=rest,
+                                seed=args.seed or 0, workers=args.workers, on_error=args.on_error)
+    print(result.out)
+    return 0

@@ -1,12 +1,158 @@
-"""Placeholder: `medti train-embedding` is being built (see the open issues)."""
+"""``medti train-embedding``: one Textual Inversion embedding, in the pipeline or standalone.
+
+Pipeline: ``--params params.yaml --modality M --class C --manifest data/prepared/M/manifest.csv
+--output embeddings/M/C.safetensors --report-dir results/train_embedding/M/C``.
+Standalone (to compare with other tools on the same data): ``--base-model M --images DIR --token '<t>'
+--init WORD --num-vectors N --resolution R --batch-size B --steps S --lr LR --seed X --output OUT.safetensors``.
+Command-line values override params.yaml; params.yaml overrides the built-in defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from medti.cliutils import add_common, load_params_arg, pick
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("train-embedding", help="(not built yet)")
-    p.set_defaults(func=_todo)
+    p = sub.add_parser(
+        "train-embedding", help="train a Textual Inversion embedding (one modality and class, or a folder of images)",
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_common(p)
+    io = p.add_argument_group("inputs and outputs")
+    io.add_argument("--modality", help="pipeline: the modality (its templates and init words come from params.yaml)")
+    io.add_argument("--class", dest="class_name", metavar="CLASS", help="pipeline: the class to learn")
+    io.add_argument("--manifest", help="pipeline: the prepared manifest (train split, ti_subset rows are used)")
+    io.add_argument("--images", metavar="DIR", help="standalone: a folder of training images (searched recursively)")
+    io.add_argument("--token", help="standalone: the placeholder token, e.g. '<my-concept>'")
+    io.add_argument("--output", required=True, metavar="OUT.safetensors", help="the embedding file to write")
+    io.add_argument("--report-dir", metavar="DIR",
+                    help="metrics.csv, loss.png, validation grids, summary.json (standalone default: <OUT>_report)")
+    io.add_argument("--checkpoint-dir", metavar="DIR",
+                    help="where checkpoints go (default: .medti/checkpoints/... under the project root); "
+                         "a rerun of the same command resumes from it")
+    io.add_argument("--base-model", help="tiny | random:<arch> | a local diffusers folder | a hub id (default: tiny)")
+    io.add_argument("--allow-download", action="store_true", help="let a hub id be fetched (default: local cache only)")
+
+    m = p.add_argument_group("method")
+    m.add_argument("--init", dest="init_words", metavar="WORD", help="word or phrase the vectors start from")
+    m.add_argument("--init-method", choices=["word", "zeros", "random"], help="how the vectors start (default: word)")
+    m.add_argument("--init-embedding", metavar="FILE", help="start from an existing embedding file instead")
+    m.add_argument("--num-vectors", type=int, help="vectors per token (1 to what the context leaves room for)")
+    m.add_argument("--template", dest="templates", action="append", metavar="TEXT",
+                   help="prompt template with {} for the token (repeatable; default: the modality's, or 'a photo of {}')")
+    m.add_argument("--resolution", type=int, help="training size in pixels (default: the base model's)")
+    m.add_argument("--batch-size", type=int)
+    m.add_argument("--grad-accum", type=int, help="gradient accumulation steps")
+    m.add_argument("--steps", type=int, help="optimiser steps")
+    m.add_argument("--lr", type=float, help="learning rate")
+    m.add_argument("--lr-scheduler", choices=["constant", "constant_with_warmup", "linear", "cosine"])
+    m.add_argument("--warmup-steps", type=int)
+    m.add_argument("--max-grad-norm", type=float, help="gradient clipping (0: off)")
+    m.add_argument("--min-snr-gamma", type=float, help="min-SNR loss weighting (0: off)")
+    m.add_argument("--weight-decay", type=float)
+    m.add_argument("--seed", type=int)
+    a = p.add_argument_group("augmentation (off by default: anatomy is lateralised)")
+    a.add_argument("--hflip", action=argparse.BooleanOptionalAction, default=None)
+    a.add_argument("--vflip", action=argparse.BooleanOptionalAction, default=None)
+    a.add_argument("--rotate-degrees", type=float)
+    a.add_argument("--scale", type=float, nargs=2, metavar=("LOW", "HIGH"))
+    a.add_argument("--brightness", type=float)
+    a.add_argument("--augment-views", type=int, help="augmented views per image, each encoded once")
+    r = p.add_argument_group("run")
+    r.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (0: none)")
+    r.add_argument("--validation-every", type=int, help="steps between validation grids (0: only at the end)")
+    r.add_argument("--validation-images", type=int, help="images per validation grid (0: no grids)")
+    r.add_argument("--validation-steps", type=int, help="sampler steps for validation images")
+    r.add_argument("--validation-guidance", type=float)
+    r.add_argument("--log-every", type=int, help="steps between fetching losses from the device")
+    r.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=None)
+    r.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None, help="torch.compile the UNet")
+    r.add_argument("--device", help="auto | cpu | cuda | cuda:N")
+    r.add_argument("--precision", choices=["auto", "fp32", "fp16", "bf16"])
+    p.set_defaults(func=run)
 
 
-def _todo(args) -> int:
-    from medti.errors import MedtiError
+def _overrides(args) -> dict:
+    """Method settings given on the command line (None: not given)."""
+    return dict(
+        init=args.init_method, init_words=args.init_words, num_vectors=args.num_vectors, templates=args.templates,
+        resolution=args.resolution, batch_size=args.batch_size, grad_accum=args.grad_accum, steps=args.steps,
+        lr=args.lr, lr_scheduler=args.lr_scheduler, warmup_steps=args.warmup_steps,
+        weight_decay=args.weight_decay, seed=args.seed, checkpoint_every=args.checkpoint_every,
+        validation_every=args.validation_every, validation_images=args.validation_images,
+        validation_steps=args.validation_steps, validation_guidance=args.validation_guidance,
+        log_every=args.log_every, gradient_checkpointing=args.gradient_checkpointing, compile=args.compile,
+        device=args.device, precision=args.precision,
+    )
 
-    raise MedtiError("'medti train-embedding' is not built yet")
+
+def build_settings(args, params: dict | None):
+    """TrainSettings from params.yaml (if any) with the command line's values on top."""
+    from medti.config import stage
+    from medti.errors import ConfigError
+    from medti.textual_inversion.settings import Augment, TrainSettings
+
+    if args.manifest:
+        base = TrainSettings.from_params(params, args.modality, args.class_name)
+    elif params is not None:  # standalone with params.yaml: its train_embedding section gives the defaults
+        base = TrainSettings.from_section(stage(params, "train_embedding"), token=args.token,
+                                          seed=int(params.get("seed", 0)), device=params["base_model"]["device"],
+                                          precision=params["base_model"]["precision"])
+    else:
+        base = TrainSettings(token=args.token)
+    values = base.to_dict()
+    values.update({k: v for k, v in _overrides(args).items() if v is not None})
+    for name in ("max_grad_norm", "min_snr_gamma"):  # 0 switches clipping / min-SNR weighting off
+        if getattr(args, name) is not None:
+            values[name] = getattr(args, name) or None
+    a = base.augment
+    values["augment"] = Augment(
+        hflip=pick(args.hflip, a.hflip), vflip=pick(args.vflip, a.vflip),
+        rotate_degrees=pick(args.rotate_degrees, a.rotate_degrees), scale=tuple(pick(args.scale, a.scale)),
+        brightness=pick(args.brightness, a.brightness), views=pick(args.augment_views, a.views),
+    )
+    if not args.manifest and values["init"] == "word" and not values["init_words"] and not args.init_embedding:
+        raise ConfigError("train-embedding: --init WORD is needed "
+                          "(or --init-method zeros|random, or --init-embedding FILE)")
+    return TrainSettings(**values).validate(source="train-embedding")
+
+
+def run(args) -> int:
+    import json
+
+    from medti.errors import ConfigError
+    from medti.textual_inversion.job import train_embedding, train_from_params
+
+    params = load_params_arg(args)
+    if args.manifest:
+        missing = [f"--{n}" for n, v in (("params", args.params), ("modality", args.modality),
+                                         ("class", args.class_name), ("report-dir", args.report_dir)) if not v]
+        if missing:
+            raise ConfigError(f"train-embedding: the pipeline form (--manifest) also needs {', '.join(missing)}")
+        if args.images or args.token:
+            raise ConfigError("train-embedding: give either --manifest (pipeline) or --images/--token (standalone)")
+    elif not (args.images and args.token):
+        raise ConfigError("train-embedding: give --params/--modality/--class/--manifest (pipeline) "
+                          "or --images DIR and --token TOKEN (standalone)")
+    if Path(args.output).suffix != ".safetensors":
+        raise ConfigError(f"--output {args.output}: the embedding is written as .safetensors "
+                          "(convert it afterwards with `medti embedding convert`)")
+    settings = build_settings(args, params)
+    bm = (params or {}).get("base_model", {})
+    common = dict(base_model=pick(args.base_model, bm.get("id"), "tiny"), checkpoint_dir=args.checkpoint_dir,
+                  init_embedding=args.init_embedding,
+                  local_files_only=not args.allow_download and bm.get("local_files_only", True),
+                  revision=bm.get("revision"))
+    if args.manifest:
+        result = train_from_params(params, args.modality, args.class_name, args.manifest, args.output,
+                                   args.report_dir, settings=settings, **common)
+    else:
+        out = Path(args.output)
+        result = train_embedding(args.images, settings, output=out, params=params,
+                                 report_dir=args.report_dir or out.with_name(f"{out.stem}_report"), **common)
+    keys = ("token", "images", "steps", "loss_first", "loss_last", "train_seconds", "embedding_checksum")
+    print(json.dumps({k: result.stats.get(k) for k in keys}, indent=2))
+    return 0

@@ -1,0 +1,153 @@
+"""The diagnostic classifier's network: a 2D ResNet or DenseNet-121 from MONAI (no torchvision needed).
+
+Networks are trained from scratch by default. ``pretrained=True`` loads ImageNet weights (ResNet-18/34 from
+the torchvision release files, read with ``torch.hub`` so torchvision itself is not needed; DenseNet-121
+through MONAI), which needs a network the first time (or a pre-filled ``$TORCH_HOME/hub/checkpoints``).
+Inputs are always normalised with the ImageNet mean and standard deviation, so both start the same way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from medti.errors import ConfigError, ModelError
+
+RESNET_LAYERS = {"resnet10": [1, 1, 1, 1], "resnet18": [2, 2, 2, 2], "resnet34": [3, 4, 6, 3]}
+ARCHS = tuple(RESNET_LAYERS) + ("densenet121",)
+IMAGENET_URLS = {
+    "resnet18": "https://download.pytorch.org/models/resnet18-f37072fd.pth",
+    "resnet34": "https://download.pytorch.org/models/resnet34-b627a593.pth",
+    "densenet121": "https://download.pytorch.org/models/densenet121-a639ec97.pth",
+}
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class NetworkSpec:
+    """What it takes to rebuild a trained classifier (stored beside its weights as model.json)."""
+
+    arch: str
+    num_classes: int
+    width: float = 1.0
+    size: int = 64
+    classes: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["classes"] = list(self.classes)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "NetworkSpec":
+        return cls(arch=d["arch"], num_classes=int(d["num_classes"]), width=float(d["width"]),
+                   size=int(d["size"]), classes=tuple(d.get("classes", ())))
+
+
+def build_network(spec: NetworkSpec, pretrained: bool = False) -> nn.Module:
+    """A MONAI 2D network for ``spec``; ImageNet weights (all but the new last layer) when ``pretrained``."""
+    if spec.arch not in ARCHS:
+        raise ConfigError(f"classifier.arch: '{spec.arch}' is not one of {', '.join(ARCHS)}")
+    if pretrained:
+        if spec.arch not in IMAGENET_URLS:
+            raise ConfigError(f"classifier.pretrained: there are no ImageNet weights for {spec.arch} "
+                              f"(use one of {', '.join(IMAGENET_URLS)}, or pretrained: false)")
+        if spec.width != 1.0:
+            raise ConfigError(f"classifier.width: ImageNet weights exist for width 1.0 only, not {spec.width}")
+    if spec.arch in RESNET_LAYERS:
+        from monai.networks.nets import ResNet
+
+        # The torchvision layout: 7x7 stride-2 stem, max pool, type-B shortcuts without a bias.
+        net = ResNet(block="basic", layers=RESNET_LAYERS[spec.arch], block_inplanes=[64, 128, 256, 512],
+                     spatial_dims=2, n_input_channels=3, conv1_t_size=7, conv1_t_stride=2, shortcut_type="B",
+                     widen_factor=spec.width, num_classes=spec.num_classes, bias_downsample=False)
+    else:
+        from monai.networks.nets import DenseNet121
+
+        net = DenseNet121(spatial_dims=2, in_channels=3, out_channels=spec.num_classes,
+                          init_features=max(1, round(64 * spec.width)), growth_rate=max(1, round(32 * spec.width)))
+    if pretrained:
+        _load_imagenet(net, spec.arch)
+    return net
+
+
+def _load_imagenet(net: nn.Module, arch: str) -> None:
+    url = IMAGENET_URLS[arch]
+    try:
+        state = torch.hub.load_state_dict_from_url(url, progress=False, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - URLError, HTTPError, socket errors: all mean "no weights"
+        raise ModelError(f"classifier.pretrained: cannot fetch ImageNet weights for {arch} from {url} "
+                         f"({type(exc).__name__}: {exc}); set classifier.pretrained: false to train from "
+                         "scratch, or place the file in $TORCH_HOME/hub/checkpoints") from None
+    if arch == "densenet121":
+        state = _densenet_keys(state)
+    own = net.state_dict()
+    last = {f"{name}.{p}" for name in (_head_name(net),) for p in ("weight", "bias")}
+    usable = {k: v for k, v in state.items() if k in own and k not in last}
+    missing = [k for k in own if k not in usable and k not in last and not k.endswith("num_batches_tracked")]
+    wrong = [k for k, v in usable.items() if v.shape != own[k].shape]
+    if missing or wrong:
+        raise ModelError(f"classifier.pretrained: the ImageNet weights for {arch} do not fit the network "
+                         f"({len(missing)} missing, {len(wrong)} of another shape, e.g. {(missing + wrong)[0]})")
+    own.update(usable)
+    net.load_state_dict(own)
+
+
+def _densenet_keys(state: dict) -> dict:
+    """torchvision DenseNet names (``denselayer1.norm1``) -> MONAI's (``denselayer1.layers.norm1``)."""
+    import re
+
+    pattern = re.compile(r"^(.*denselayer\d+)\.((?:norm|relu|conv)[12]\.(?:weight|bias|running_mean|running_var))$")
+    out = {}
+    for key, value in state.items():
+        m = pattern.match(key)
+        out[f"{m.group(1)}.layers.{m.group(2)}" if m else key] = value
+    return out
+
+
+def _head_name(net: nn.Module) -> str:
+    return "fc" if hasattr(net, "fc") and isinstance(net.fc, nn.Linear) else "class_layers.out"
+
+
+def head(net: nn.Module) -> nn.Linear:
+    """The last (classification) layer: its input is the penultimate feature vector."""
+    return net.get_submodule(_head_name(net))
+
+
+def standardise(images: torch.Tensor) -> torch.Tensor:
+    """Float images in [0, 1] (``N x 3 x H x W``) standardised with the ImageNet mean and deviation."""
+    mean = torch.tensor(IMAGENET_MEAN, device=images.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=images.device).view(1, 3, 1, 1)
+    return (images - mean) / std
+
+
+def normalise(images: torch.Tensor) -> torch.Tensor:
+    """``N x 3 x H x W`` uint8 -> the network's input: scaled to [0, 1], then :func:`standardise`."""
+    return standardise(images.float() / 255.0)
+
+
+@torch.no_grad()
+def predict(net: nn.Module, images: torch.Tensor, batch_size: int = 256, features: bool = False):
+    """Class probabilities (``N x K``) for uint8 images; with ``features`` also the penultimate features.
+
+    The network is put in eval mode (batch norm uses its running statistics) and left there.
+    """
+    net.eval()
+    device = next(net.parameters()).device
+    captured: list[torch.Tensor] = []
+    hook = head(net).register_forward_hook(lambda m, inputs, out: captured.append(inputs[0].detach().cpu())) \
+        if features else None
+    try:
+        probs = [torch.softmax(net(normalise(images[i:i + batch_size].to(device))), dim=1).cpu()
+                 for i in range(0, len(images), batch_size)]
+    finally:
+        if hook is not None:
+            hook.remove()
+    probs_all = torch.cat(probs) if probs else torch.zeros((0, head(net).out_features))
+    if features:
+        feats = torch.cat(captured) if captured else torch.zeros((0, head(net).in_features))
+        return probs_all, feats
+    return probs_all

@@ -1,0 +1,59 @@
+"""Finding input files under a source folder and naming the subject each input belongs to."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from medti.errors import ConfigError
+from medti.preprocess.records import Rejected
+
+
+def list_files(root: Path, exclude: set[Path] = frozenset()) -> list[str]:
+    """Every file under ``root`` (recursive, sorted), as posix paths relative to ``root``."""
+    excluded = {p.resolve() for p in exclude}
+    out = []
+    for folder, dirs, files in os.walk(root):
+        dirs.sort()
+        for name in sorted(files):
+            full = Path(folder) / name
+            if full.resolve() in excluded:
+                continue
+            out.append(full.relative_to(root).as_posix())
+    return out
+
+
+def check_subject_from(value: str, setting: str) -> None:
+    if value.startswith("re:"):
+        try:
+            re.compile(value[3:])
+        except re.error as exc:
+            raise ConfigError(f"{setting}: not a valid regular expression ({exc})") from None
+
+
+def subject_key(spec: str, relpath: str, header=None, case: str | None = None) -> str:
+    """The raw (not yet hashed) subject of an input.
+
+    ``file``: every input is its own subject; ``folder``: the folder holding it; ``case``: a volume case;
+    ``re:<regex>``: the first group (or the match) of a regular expression searched in the relative path;
+    anything else is a DICOM keyword read from ``header`` (PatientID by default for DICOM).
+    """
+    if spec == "file":
+        return f"file:{relpath}"
+    if spec == "folder":
+        return f"folder:{Path(relpath).parent.as_posix()}"
+    if spec == "case" and case is not None:
+        return f"case:{case}"
+    if spec.startswith("re:"):
+        m = re.search(spec[3:], relpath)
+        if not m:
+            raise Rejected("no_subject", f"the path does not match subject_from {spec}")
+        return f"re:{m.group(1) if m.groups() else m.group(0)}"
+    if header is None:
+        raise ConfigError(f"source.subject_from: '{spec}' needs DICOM input; use file, folder, case or re:<regex>")
+    value = str(header.get(spec, "") or "").strip()
+    if not value:
+        raise Rejected("no_subject", f"{spec} is absent or empty, so the subject is unknown "
+                                     f"(set source.subject_from, e.g. to file)")
+    return f"{spec}:{value}"

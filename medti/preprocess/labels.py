@@ -1,0 +1,145 @@
+"""Labels: from a CSV keyed by file path or a DICOM identifier, from a DICOM attribute, or from folder names.
+
+A raw label is a class name, a key of ``labels.map`` (raw value -> class name), or a class index (0, 1, ...).
+Values taken from DICOM headers (a UID key, a label attribute) never appear in a message: messages name the
+key's kind and the CSV line instead.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+
+from medti.errors import ConfigError, InputError
+from medti.preprocess.records import Rejected
+
+# Keys whose values are user-chosen names (safe to show in messages); the others are header values.
+PLAIN_KEYS = ("path", "case")
+
+
+def normalise_path_key(value: str) -> str:
+    value = value.strip().replace("\\", "/")
+    while value.startswith("./"):
+        value = value[2:]
+    return value
+
+
+class Labeler:
+    """Resolves the class of an image from its keys; picklable (worker processes get a copy)."""
+
+    def __init__(self, spec: dict | None, classes: list[str], root: Path, setting: str, allowed_keys: tuple[str, ...]):
+        spec = spec or {}
+        self.classes = list(classes)
+        self.map = {str(k): v for k, v in (spec.get("map") or {}).items()}
+        for raw, cls in self.map.items():
+            if cls not in self.classes:
+                raise ConfigError(f"{setting}.map: '{raw}' maps to '{cls}', which is not a class ({', '.join(self.classes)})")
+        self.tag = spec.get("tag")
+        self.key = spec.get("key")
+        self.column = spec.get("column") or "label"
+        self.csv_path: Path | None = None
+        self.csv_name = ""
+        self.table: dict[str, tuple[int, str]] = {}
+        if spec.get("csv") and self.tag:
+            raise ConfigError(f"{setting}: give either csv (with key) or tag, not both")
+        if spec.get("csv"):
+            if not self.key:
+                raise ConfigError(f"{setting}.key: required with labels.csv (one of: {', '.join(allowed_keys)})")
+            if self.key not in allowed_keys:
+                raise ConfigError(f"{setting}.key: '{self.key}' cannot name an image of this source "
+                                  f"(use one of: {', '.join(allowed_keys)})")
+            path = Path(spec["csv"])
+            self.csv_path = path if path.is_absolute() else (root / path)
+            self.csv_name = self.csv_path.name
+            self._load()
+
+    @property
+    def from_csv(self) -> bool:
+        return self.csv_path is not None
+
+    def _load(self) -> None:
+        path = self.csv_path
+        if not path.is_file():
+            raise ConfigError(f"{path}: labels file not found")
+        try:
+            with open(path, newline="", encoding="utf-8-sig") as fh:
+                reader = csv.DictReader(fh)
+                fields = reader.fieldnames or []
+                for col in (self.key, self.column):
+                    if col not in fields:
+                        raise ConfigError(f"{path}: no column '{col}' (columns: {', '.join(fields) or 'none'})")
+                for line, row in enumerate(reader, start=2):
+                    key = (row.get(self.key) or "").strip()
+                    if not key:
+                        continue
+                    if self.key == "path":
+                        key = normalise_path_key(key)
+                    label = (row.get(self.column) or "").strip()
+                    seen = self.table.get(key)
+                    if seen and seen[1] != label:
+                        shown = f" '{key}'" if self.key in PLAIN_KEYS else ""
+                        raise InputError(f"{path}: lines {seen[0]} and {line} give the same {self.key}{shown} "
+                                         f"different labels")
+                    if not seen:
+                        self.table[key] = (line, label)
+        except UnicodeDecodeError:
+            raise InputError(f"{path}: not a UTF-8 text CSV file") from None
+        except csv.Error as exc:
+            raise InputError(f"{path}: not a readable CSV file ({exc})") from None
+
+    def class_of(self, raw: str, where: str, plain: bool) -> str:
+        """Map a raw label to a class name; ``plain`` says whether ``raw`` may be shown in a message."""
+        raw = str(raw).strip()
+        if raw in self.map:
+            return self.map[raw]
+        if raw in self.classes:
+            return raw
+        if raw.isdigit() and int(raw) < len(self.classes):
+            return self.classes[int(raw)]
+        if not raw:
+            raise Rejected("no_label", f"{where}: the label is empty")
+        shown = f" '{raw}'" if plain else ""
+        raise Rejected("unknown_label", f"{where}: the label{shown} is not a class ({', '.join(self.classes)}), "
+                                        f"a class index or a key of labels.map")
+
+    def resolve(self, keys: dict[str, str | None], tag_value: str | None = None,
+                folder_label: str | None = None) -> tuple[str, int | None]:
+        """(class name, CSV line or None) for an image with identifiers ``keys``; raises Rejected."""
+        if self.from_csv:
+            value = keys.get(self.key)
+            if value is None or str(value).strip() == "":
+                raise Rejected("no_label", f"the image has no {self.key} to look up in {self.csv_name}")
+            value = str(value).strip()
+            if self.key == "path":
+                value = normalise_path_key(value)
+            hit = self.table.get(value)
+            if hit is None:
+                raise Rejected("no_label", f"no row in {self.csv_name} for this image's {self.key}")
+            line, raw = hit
+            try:
+                return self.class_of(raw, f"{self.csv_name} line {line}", plain=True), line
+            except Rejected as exc:
+                raise Rejected(exc.kind, exc.reason, line) from None
+        if self.tag:
+            if tag_value is None or str(tag_value).strip() == "":
+                raise Rejected("no_label", f"the label attribute {self.tag} is absent or empty")
+            return self.class_of(str(tag_value), f"attribute {self.tag}", plain=False), None
+        if folder_label is not None:
+            return self.class_of(folder_label, f"class folder '{folder_label}'", plain=True), None
+        raise Rejected("no_label", "the image is in no class folder (put it under <class>/ or give labels.csv)")
+
+    def unmatched_rows(self, used_lines: set[int]) -> list[tuple[int, str]]:
+        """CSV rows no image matched: (line, the key when it may be shown, else '')."""
+        out = []
+        for key, (line, _) in self.table.items():
+            if line not in used_lines:
+                out.append((line, key if self.key in PLAIN_KEYS else ""))
+        return sorted(out)
+
+    def csv_display_path(self, root: Path) -> str:
+        """The labels file as rejects.csv names it: relative to the input root when inside it."""
+        try:
+            return self.csv_path.resolve().relative_to(root.resolve()).as_posix()
+        except ValueError:
+            return os.fspath(self.csv_path)

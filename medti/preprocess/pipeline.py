@@ -1,0 +1,401 @@
+"""``medti prepare``: any configured source -> one de-identified, subject-wise split dataset folder.
+
+The output folder (written atomically) holds::
+
+    manifest.csv                     one row per image (medti.manifest.REAL_COLUMNS)
+    images/<split>/<class>/<id>.png  8-bit, size x size; <id> is a salted hash, never a source name
+    rejects.csv                      path (relative to the input root), kind, reason: every input not used
+    summary.json                     counts per split and class, rejects per kind, settings
+    samples.png                      sample images per class (channels.png: each sequence of a stack)
+
+Inputs stream through a process pool (``workers``): each worker reads one input, writes its PNG under the
+image's de-identified id into a staging folder and returns metadata only, so pixels are never gathered in
+one process. Splits need every subject, so images are moved to their split folders at the end.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import os
+import shutil
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+from medti.config import project_root, stage
+from medti.deid import Deidentifier, load_salt
+from medti.errors import ConfigError, InputError
+from medti.preprocess.imaging import window_setting
+from medti.preprocess.labels import Labeler
+from medti.preprocess.records import Context, ImageRecord, Reject, Rejected, Result
+
+log = logging.getLogger("medti.prepare")
+
+SAMPLES_PER_CLASS = 8
+STACK_SAMPLES_PER_CLASS = 3
+
+
+@dataclass
+class PrepareResult:
+    out: Path
+    images: int
+    rejected: int
+    summary: dict
+
+
+# -- sources -------------------------------------------------------------------------------------------------
+def _resolve(path: str, root: Path) -> Path:
+    p = Path(path).expanduser()
+    return p if p.is_absolute() else root / p
+
+
+def make_source(cfg: dict, classes: list[str], root: Path):
+    """The source object for a modality's ``source`` settings; ConfigError/InputError on bad settings."""
+    kind = cfg["type"]
+    if not cfg.get("path"):
+        raise ConfigError(f"source.path: required for a {kind} source")
+    path = _resolve(cfg["path"], root)
+    if kind == "medmnist":
+        from medti.preprocess.medmnist import MedmnistSource
+
+        return MedmnistSource(cfg, path, classes)
+    if not path.is_dir():
+        raise InputError(f"{path}: source folder not found")
+    labels_csv = (cfg.get("labels") or {}).get("csv")
+    exclude = {_resolve(labels_csv, root)} if labels_csv else set()
+    if kind == "dicom" and cfg.get("series"):
+        from medti.preprocess.series import DicomSeriesSource
+
+        return DicomSeriesSource(cfg, path, exclude)
+    if kind == "dicom":
+        from medti.preprocess.dicom import DicomSource
+
+        return DicomSource(cfg, path, exclude)
+    if kind == "volume":
+        from medti.preprocess.volumes import VolumeSource
+
+        return VolumeSource(cfg, path, exclude)
+    from medti.preprocess.folders import FolderSource
+
+    return FolderSource(cfg, path, exclude)
+
+
+def _item_inputs(source, item) -> list[str]:
+    """The input paths (relative to the source root) of one work item: a file, or a source's group."""
+    return [item] if isinstance(item, str) else source.inputs(item)
+
+
+# -- workers ---------------------------------------------------------------------------------------------------
+_SOURCE = None
+_CTX: Context | None = None
+
+
+def _init_worker(source, ctx: Context) -> None:
+    global _SOURCE, _CTX
+    from medti.preprocess.dicom import quiet_pydicom
+
+    _SOURCE, _CTX = source, ctx
+    quiet_pydicom()
+
+
+def _call(task):
+    """Run ``source.<method>(item, ctx)``; a per-input failure comes back as Rejects, never raised."""
+    method, item = task
+    try:
+        return getattr(_SOURCE, method)(item, _CTX)
+    except Rejected as exc:
+        return [Reject(p, exc.kind, exc.reason, exc.line) for p in _item_inputs(_SOURCE, item)]
+    except MemoryError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a library failing on one odd input must not stop the rest
+        reason = f"unexpected {type(exc).__name__} while reading it"
+        return [Reject(p, "error", reason) for p in _item_inputs(_SOURCE, item)]
+
+
+class Runner:
+    """Maps a source method over items in ``workers`` processes (in this process when workers is 1)."""
+
+    def __init__(self, source, ctx: Context, workers: int):
+        self.source, self.ctx, self.workers = source, ctx, workers
+        self.pool = None
+
+    def __enter__(self):
+        _init_worker(self.source, self.ctx)
+        if self.workers > 1:
+            method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+            self.pool = mp.get_context(method).Pool(self.workers, initializer=_init_worker,
+                                                    initargs=(self.source, self.ctx))
+        return self
+
+    def __exit__(self, *exc):
+        if self.pool is not None:
+            self.pool.terminate()
+            self.pool.join()
+        return False
+
+    def __call__(self, method: str, items: list, desc: str = "preparing"):
+        from medti.logs import progress
+
+        tasks = [(method, item) for item in items]
+        if self.pool is None or len(items) < 2:
+            results = map(_call, tasks)
+        else:
+            chunk = max(1, min(32, len(items) // (self.workers * 8)))
+            results = self.pool.imap_unordered(_call, tasks, chunksize=chunk)
+        for out in progress(results, total=len(tasks), desc=desc, unit="input"):
+            if isinstance(out, list):  # rejects of one item
+                yield from out
+            elif isinstance(out, Result):
+                yield from out.rejects
+                yield from out.records
+            else:
+                yield out
+
+
+# -- the stage -------------------------------------------------------------------------------------------------
+def prepare_settings(params: dict, modality: str, overrides: dict | None = None) -> dict:
+    """``prepare`` with the modality's ``overrides.prepare`` and then ``overrides`` (the command line) merged,
+    validated against the schema's ``prepare`` section."""
+    import jsonschema
+
+    from medti.config import deep_merge, load_schema
+
+    settings = deep_merge(stage(params, "prepare", modality), {k: v for k, v in (overrides or {}).items()
+                                                               if v is not None})
+    schema = load_schema()
+    validator = jsonschema.Draft7Validator({"definitions": schema["definitions"], **schema["properties"]["prepare"]})
+    for error in sorted(validator.iter_errors(settings), key=lambda e: len(list(e.absolute_path))):
+        where = ".".join(str(p) for p in error.absolute_path)
+        raise ConfigError(f"prepare{'.' + where if where else ''} (modality {modality}): {error.message}")
+    return settings
+
+
+def prepare_dataset(params: dict, modality: str, out: str | os.PathLike | None = None, *,
+                    overrides: dict | None = None, track_run: bool = True) -> PrepareResult:
+    """Prepare ``modality`` of validated ``params`` into ``out`` (default ``prepare.out/<modality>``);
+    ``overrides`` (workers, on_error, size...) win over params.yaml."""
+    from medti.atomic import atomic_dir, sweep_stale_temporaries
+    from medti.config import modality as modality_settings
+    from medti.preprocess.dicom import quiet_pydicom
+    from medti.tracking import track
+
+    mod = modality_settings(params, modality)
+    settings = prepare_settings(params, modality, overrides)
+    root = project_root(params)
+    out = Path(out) if out is not None else root / settings["out"] / modality
+    classes = list(mod["classes"])
+    cfg = mod["source"]
+    quiet_pydicom()
+    source = make_source(cfg, classes, root)
+    channels = len(getattr(source, "channel_names", []) or [])
+    if settings["channels"] == "grey" and channels == 3:
+        raise ConfigError(f"prepare.channels: grey cannot hold the 3-sequence stack of {modality}; use rgb")
+    labeler = Labeler(cfg.get("labels"), classes, root, "source.labels", source.label_keys)
+    if cfg["type"] == "dicom" and not (labeler.from_csv or labeler.tag):
+        raise ConfigError(f"modalities.{modality}.source.labels: a DICOM source needs labels.csv (with key) or labels.tag")
+    if cfg["type"] == "volume" and not labeler.from_csv:
+        raise ConfigError(f"modalities.{modality}.source.labels: a volume source needs labels.csv (with key path or case)")
+    sweep_stale_temporaries(out.parent)
+    deid = Deidentifier(load_salt(root))
+    with track(params if track_run else None, "prepare", run_name=f"prepare-{modality}",
+               tags={"modality": modality}, root=root if track_run else None) as tracker, atomic_dir(out) as tmp:
+        staging = tmp / ".staging"
+        staging.mkdir()
+        ctx = Context(classes=classes, size=int(settings["size"]), fit=settings["fit"], channels=settings["channels"],
+                      normalise=settings["normalise"], percentiles=tuple(settings["percentiles"]),
+                      window=window_setting(cfg.get("window")), frames=cfg.get("frames") or "middle",
+                      staging=staging, deid=deid, labeler=labeler)
+        fail_fast = settings["on_error"] == "fail"
+        with Runner(source, ctx, int(settings["workers"])) as run:
+            items, rejects = source.plan(run)
+            if fail_fast and rejects:
+                _fail(source.root, rejects[0])
+            records: list[ImageRecord] = []
+            for out_item in run("process", items):
+                if isinstance(out_item, Reject):
+                    if fail_fast:
+                        _fail(source.root, out_item)
+                    rejects.append(out_item)
+                else:
+                    records.append(out_item)
+        rejects += _label_rows_without_image(labeler, records, rejects, source.root, fail_fast)
+        records, dupes = _drop_duplicates(records)
+        rejects += dupes
+        if not records:
+            raise InputError(_empty_message(source.root, len(items), rejects))
+        summary = _finish(tmp, records, rejects, classes, settings, params.get("seed", 0), modality, cfg, source)
+        shutil.rmtree(staging)
+        _log_summary(modality, summary)
+        tracker.log_params({"modality": modality, "source_type": cfg["type"], **{
+            k: settings[k] for k in ("size", "fit", "channels", "normalise", "split", "ti_per_class", "on_error", "workers")}})
+        tracker.log_metrics({"images": summary["images_total"], "subjects": summary["subjects_total"],
+                             "rejected": summary["rejected"]})
+        tracker.log_artifact(tmp / "summary.json")
+        tracker.log_artifact(tmp / "samples.png")
+    return PrepareResult(out, summary["images_total"], summary["rejected"], summary)
+
+
+def _fail(root: Path, reject: Reject):
+    raise InputError(f"{root / reject.path}: {reject.reason} (prepare.on_error is fail)")
+
+
+def _empty_message(root: Path, n_items: int, rejects: list[Reject]) -> str:
+    kinds = Counter(r.kind for r in rejects)
+    first = f"; e.g. {rejects[0].path}: {rejects[0].reason}" if rejects else ""
+    detail = ", ".join(f"{k} {n}" for k, n in kinds.most_common())
+    return f"{root}: no usable images ({n_items} inputs; rejected: {detail or 'none'}{first})"
+
+
+def _label_rows_without_image(labeler: Labeler, records, rejects, root: Path, fail_fast: bool) -> list[Reject]:
+    if not labeler.from_csv:
+        return []
+    used = {r.line for r in records if r.line is not None} | {r.line for r in rejects if r.line is not None}
+    name = labeler.csv_display_path(root)
+    out = []
+    for line, key in labeler.unmatched_rows(used):
+        shown = f" ('{key}')" if key else ""
+        reject = Reject(f"{name}:{line}", "label_without_image", f"line {line}{shown}: no image has this {labeler.key}")
+        if fail_fast:
+            raise InputError(f"{labeler.csv_path}: {reject.reason} (prepare.on_error is fail)")
+        out.append(reject)
+    return out
+
+
+def _drop_duplicates(records: list[ImageRecord]) -> tuple[list[ImageRecord], list[Reject]]:
+    """Inputs with the same bytes as an earlier one (by path) are copies: kept once, the rest listed."""
+    by_checksum: dict[str, list[ImageRecord]] = defaultdict(list)
+    for r in records:
+        by_checksum[r.source_checksum].append(r)
+    keep, rejects = [], []
+    for group in by_checksum.values():
+        first_inputs = min(r.inputs for r in group)
+        for r in group:
+            if r.inputs == first_inputs:
+                keep.append(r)
+            else:
+                rejects += [Reject(p, "duplicate", f"the same content as {first_inputs[0]}") for p in r.inputs]
+    return keep, rejects
+
+
+def _finish(tmp: Path, records, rejects, classes, settings, seed: int, modality: str, cfg: dict, source) -> dict:
+    import pandas as pd
+
+    from medti.manifest import REAL_COLUMNS, SPLITS, write_manifest
+    from medti.preprocess.splitting import assign_splits, pick_subset, subject_class
+
+    official = all(r.split is not None for r in records)
+    by_subject: dict[str, list[ImageRecord]] = defaultdict(list)
+    for r in records:
+        by_subject[r.subject_id].append(r)
+    if official:
+        split_of = None
+    else:
+        split_of = assign_splits({s: subject_class([r.cls for r in rs], classes) for s, rs in by_subject.items()},
+                                 classes, settings["split"], seed, modality)
+    rows, unused = [], []
+    for r in sorted(records, key=lambda r: r.image_id):
+        split = r.split if official else split_of[r.subject_id]
+        if split is None:
+            unused.append(r)
+            continue
+        rows.append((r, split))
+    ti_ids = set()
+    for index, cls in enumerate(classes):
+        train = [(r.subject_id, r.image_id) for r, split in rows if split == "train" and r.cls == cls]
+        ti_ids.update(pick_subset(train, int(settings["ti_per_class"]), seed + 7919 * (index + 1)))
+    for r in unused:
+        rejects += [Reject(p, "unused", f"left out: prepare.split takes fewer subjects of class '{r.cls}' than there are")
+                    for p in r.inputs]
+        (tmp / ".staging" / r.staged).unlink()
+    table = []
+    for r, split in rows:
+        rel = Path("images") / split / r.cls / f"{r.image_id}.png"
+        (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp / ".staging" / r.staged, tmp / rel)
+        table.append({"path": rel.as_posix(), "modality": modality, "class": r.cls, "label": classes.index(r.cls),
+                      "subject_id": r.subject_id, "split": split, "source_checksum": r.source_checksum,
+                      "synthetic": False, "ti_subset": r.image_id in ti_ids})
+    manifest = pd.DataFrame(table, columns=REAL_COLUMNS)
+    write_manifest(manifest, tmp / "manifest.csv")
+    reject_table = pd.DataFrame([(r.path, r.kind, r.reason) for r in rejects], columns=["path", "kind", "reason"])
+    reject_table = reject_table.sort_values(["path", "kind"], kind="stable")
+    from medti.atomic import atomic_path
+
+    with atomic_path(tmp / "rejects.csv") as t:
+        reject_table.to_csv(t, index=False, lineterminator="\n")
+    summary = _summary(manifest, rejects, classes, settings, modality, cfg, official, SPLITS)
+    from medti.atomic import write_json
+
+    write_json(tmp / "summary.json", summary)
+    _samples(tmp, manifest, classes, modality, getattr(source, "channel_names", []))
+    return summary
+
+
+def _summary(manifest, rejects, classes, settings, modality, cfg, official, splits) -> dict:
+    def counts(df, unique_subjects=False):
+        return {s: {c: int(df[(df.split == s) & (df["class"] == c)]["subject_id" if unique_subjects else "path"].nunique())
+                    for c in classes} for s in splits}
+
+    ti = manifest[manifest.ti_subset]
+    short = [c for c in classes if int((ti["class"] == c).sum()) < int(settings["ti_per_class"])]
+    return {
+        "modality": modality,
+        "source_type": cfg["type"],
+        "classes": classes,
+        "splits_from": "source (official)" if official else "subjects",
+        "images": counts(manifest),
+        "subjects": counts(manifest, unique_subjects=True),
+        "images_total": int(len(manifest)),
+        "subjects_total": int(manifest.subject_id.nunique()),
+        "ti_subset": {c: int((ti["class"] == c).sum()) for c in classes},
+        "ti_subset_short": short,
+        "rejected": len(rejects),
+        "rejected_by_kind": dict(sorted(Counter(r.kind for r in rejects).items())),
+        "settings": {k: settings[k] for k in ("size", "fit", "channels", "normalise", "percentiles", "split",
+                                              "ti_per_class", "on_error")},
+    }
+
+
+def _samples(tmp: Path, manifest, classes, modality: str, channel_names: list[str]) -> None:
+    """samples.png: a row of images per class; channels.png for stacks: each sequence beside the composite."""
+    import numpy as np
+    from PIL import Image
+
+    from medti.figures import image_grid
+
+    def pick(cls, n):
+        rows = manifest[manifest["class"] == cls].sort_values(["split", "path"])
+        preferred = rows[rows.split == "train"]
+        rows = preferred if len(preferred) >= n else rows
+        return [np.asarray(Image.open(tmp / p)) for p in rows.path.head(n)]
+
+    images, labels = [], []
+    for cls in classes:
+        picked = pick(cls, SAMPLES_PER_CLASS)
+        images += picked + [np.zeros_like(picked[0])] * (SAMPLES_PER_CLASS - len(picked)) if picked else []
+        labels.append(cls)
+    image_grid(images, tmp / "samples.png", ncols=SAMPLES_PER_CLASS, row_labels=labels,
+               suptitle=f"{modality}: prepared samples per class")
+    if len(channel_names) == 3:
+        cells, titles, row_labels = [], [], []
+        for cls in classes:
+            for img in pick(cls, STACK_SAMPLES_PER_CLASS):
+                cells += [img] + [img[..., c] for c in range(3)]
+                titles += ["RGB"] + list(channel_names)
+                row_labels.append(cls)
+        image_grid(cells, tmp / "channels.png", ncols=4, titles=titles, row_labels=row_labels,
+                   suptitle=f"{modality}: the stacked sequences (R, G, B) per class")
+
+
+def _log_summary(modality: str, summary: dict) -> None:
+    per = "; ".join(f"{s} " + "/".join(str(summary["images"][s][c]) for c in summary["classes"])
+                    for s in summary["images"])
+    log.info("prepare %s: %d images of %d subjects (%s: %s); %d rejected%s", modality, summary["images_total"],
+             summary["subjects_total"], "/".join(summary["classes"]), per, summary["rejected"],
+             (" (" + ", ".join(f"{k} {n}" for k, n in summary["rejected_by_kind"].items()) + ")")
+             if summary["rejected"] else "")
+    if summary["ti_subset_short"]:
+        log.warning("prepare %s: fewer training images than ti_per_class for %s; the embedding subset uses all "
+                    "of them (%s)", modality, ", ".join(summary["ti_subset_short"]),
+                    ", ".join(f"{c} {n}" for c, n in summary["ti_subset"].items()))

@@ -1,0 +1,129 @@
+"""Checkpoints of a Textual Inversion run, written atomically so that a run killed at any moment resumes.
+
+One file, ``state.pt``, holds the vectors, the optimiser and LR-scheduler states, every random-number
+state (torch CPU and CUDA, numpy, Python, and the run's own generator), the step and the metrics so far.
+It is written to a temporary file and renamed, so it is always a complete checkpoint; it is read with
+``torch.load(weights_only=True)``. A ``fingerprint`` of the base model, the images and the settings that
+shape the result is stored with it: a run with other inputs does not resume from it.
+
+The folder also stages the report (validation grids made along the way) until the run finishes, and
+holds a lock so two processes never train into the same checkpoint. It lives outside the declared outputs
+(``.medti/checkpoints/...`` under the project root by default), so a failed job's checkpoint survives
+for the retry; it is removed once the run has written its outputs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import random
+import shutil
+from pathlib import Path
+
+import torch
+
+from medti.atomic import atomic_path, sweep_stale_temporaries
+from medti.errors import TrainingError
+
+log = logging.getLogger(__name__)
+
+FORMAT = "medti-ti-checkpoint/1"
+STATE = "state.pt"
+LOCK = "lock"
+
+
+def fingerprint(*parts) -> str:
+    """A hash of JSON-serialisable inputs that define a run's result."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def capture_rng(generator: torch.Generator) -> dict:
+    import numpy as np
+
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached": float(cached)},
+        "python": random.getstate(),
+        "generator": generator.get_state(),
+    }
+
+
+def restore_rng(state: dict, generator: torch.Generator) -> None:
+    import numpy as np
+
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
+    random.setstate(_tuples(state["python"]))
+    generator.set_state(state["generator"])
+
+
+def _tuples(obj):
+    return tuple(_tuples(o) for o in obj) if isinstance(obj, (list, tuple)) else obj
+
+
+class CheckpointStore:
+    """The checkpoint folder of one embedding."""
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+
+    @property
+    def state_path(self) -> Path:
+        return self.folder / STATE
+
+    @property
+    def staging(self) -> Path:
+        """Report files made during the run (validation grids), kept across a resume."""
+        return self.folder / "report"
+
+    def lock(self):
+        """Exclusive use of this folder; a second process training the same embedding fails at once."""
+        from filelock import FileLock, Timeout
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(self.folder / LOCK), timeout=0)
+        try:
+            lock.acquire()
+        except Timeout:
+            raise TrainingError(f"{self.folder}: another medti process is training this embedding now "
+                                "(its checkpoint folder is locked)") from None
+        return lock
+
+    def load(self, expected_fingerprint: str) -> dict | None:
+        """The last checkpoint of this same run, or None (no checkpoint, or one from other inputs)."""
+        sweep_stale_temporaries(self.folder)
+        if not self.state_path.is_file():
+            return None
+        try:
+            state = torch.load(str(self.state_path), map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - any unreadable checkpoint means starting over
+            log.warning("ignoring unreadable checkpoint %s (%s): starting over", self.state_path,
+                        str(exc).splitlines()[0][:120])
+            return None
+        if state.get("format") != FORMAT or state.get("fingerprint") != expected_fingerprint:
+            log.warning("checkpoint %s belongs to a run with other settings, base model or images: starting over",
+                        self.state_path)
+            self.discard()
+            return None
+        return state
+
+    def save(self, state: dict) -> None:
+        state = dict(state, format=FORMAT)
+        with atomic_path(self.state_path) as tmp:
+            torch.save(state, str(tmp))
+
+    def discard(self) -> None:
+        """Remove the checkpoint and staged report (the lock file stays while it is held)."""
+        self.state_path.unlink(missing_ok=True)
+        shutil.rmtree(self.staging, ignore_errors=True)
+
+    def remove(self) -> None:
+        """Remove the whole folder after a finished run."""
+        shutil.rmtree(self.folder, ignore_errors=True)

@@ -1,0 +1,207 @@
+"""The embedded default, end to end, through the real Snakemake scheduler and the real `dvc repro`, from a
+copy of this checkout: phantom DICOMs -> embeddings -> synthetic sets -> classifiers -> report.
+
+Also: a second run does nothing; one changed parameter reruns only what depends on it; MLflow gets one
+run per job in one experiment; no DICOM header value reaches any output; embeddings pushed to a DVC remote
+are pulled into a fresh clone that generates from them without the raw data and without retraining.
+The wall-clock time of each run is printed (docs/performance.md records it); it is not asserted.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1800)]
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+CORES = str(min(4, os.cpu_count() or 2))
+
+
+def run(args, cwd, check=True, timeout=1200):
+    env = dict(os.environ)
+    env.pop("MEDTI_TRACKING", None)  # the pipeline tracks into its own mlflow.db
+    env.pop("MLFLOW_TRACKING_URI", None)
+    env["PATH"] = f"{BIN}{os.pathsep}{env['PATH']}"
+    proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(map(str, args))} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
+    return proc
+
+
+def copy_checkout(dst: Path) -> Path:
+    """This checkout's files (tracked and untracked, not ignored) as a new git repository."""
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT,
+                           capture_output=True, text=True, check=True).stdout.split("\0")
+    for rel in filter(None, files):
+        src = ROOT / rel
+        if src.is_file():
+            (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dst / rel)
+    run(["git", "init", "-q"], dst)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@example.org", "add", "-A"], dst)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@example.org", "commit", "-qm", "copy"], dst)
+    return dst
+
+
+def planned_jobs(proc_output: str) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for line in proc_output.splitlines():
+        line = line.strip()
+        if line.startswith("rule ") and line.endswith(":"):
+            name = line[5:-1]
+            counts[name] = counts.get(name, 0) + 1
+    return counts
+
+
+@pytest.fixture(scope="module")
+def snakemake_project(tmp_path_factory):
+    project = copy_checkout(tmp_path_factory.mktemp("snakemake") / "medti")
+    start = time.monotonic()
+    run([BIN / "snakemake", "--cores", CORES, "--resources", "gpu=1"], project)
+    print(f"\n[e2e] default pipeline through snakemake --cores {CORES}: {time.monotonic() - start:.0f} s")
+    return project
+
+
+def test_snakemake_runs_the_default_pipeline_to_a_report(snakemake_project):
+    params = yaml.safe_load((snakemake_project / "params.yaml").read_text())
+    html = (snakemake_project / "results" / "report" / "index.html").read_text()
+    assert "carry no medical meaning" in html  # the tiny base model has random weights
+    for key, entry in params["classes"].items():
+        emb = snakemake_project / "embeddings" / entry["modality"] / f"{entry['class']}.safetensors"
+        assert emb.is_file() and emb.stat().st_size < 300_000
+    for modality in params["modalities"]:
+        metrics = snakemake_project / "results" / "evaluate" / modality / "metrics.json"
+        assert metrics.is_file()
+
+
+def test_a_second_run_does_nothing(snakemake_project):
+    proc = run([BIN / "snakemake", "-n", "--cores", CORES], snakemake_project)
+    assert "Nothing to be done" in proc.stdout + proc.stderr
+
+
+def test_one_changed_parameter_reruns_only_what_depends_on_it(snakemake_project):
+    params_file = snakemake_project / "params.yaml"
+    original = params_file.read_text()
+    params = yaml.safe_load(original)
+    params["classes"]["chest_xray-opacity"]["init"] = "round opacity chest x-ray"
+    params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+    try:
+        proc = run([BIN / "snakemake", "-n", "--cores", CORES], snakemake_project)
+    finally:
+        params_file.write_text(original)
+    jobs = planned_jobs(proc.stdout + proc.stderr)
+    n_clf = len(params["classifier"]["conditions"]) * len(params["classifier"]["seeds"])
+    assert jobs == {"train_embedding": 1, "generate": 1, "train_classifier": n_clf, "evaluate": 1, "report": 1,
+                    "all": 1}, jobs
+
+
+def test_mlflow_has_one_tagged_run_per_job(snakemake_project):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{snakemake_project / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("medti")
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    by_stage: dict[str, list] = {}
+    for r in runs:
+        assert r.info.status == "FINISHED"
+        by_stage.setdefault(r.data.tags["stage"], []).append(r)
+    params = yaml.safe_load((snakemake_project / "params.yaml").read_text())
+    assert len(by_stage["train-embedding"]) == len(params["classes"])
+    n_clf = len(params["modalities"]) * len(params["classifier"]["conditions"]) * len(params["classifier"]["seeds"])
+    assert len(by_stage["train-classifier"]) == n_clf
+    run = by_stage["train-classifier"][0]
+    for tag in ("modality", "condition", "seed", "git_commit"):
+        assert tag in run.data.tags
+    assert any(k.startswith("input.") and k.endswith(".md5") for k in run.data.tags)
+    emb_run = by_stage["train-embedding"][0]
+    assert {"modality", "class"} <= set(emb_run.data.tags)
+    assert client.get_metric_history(emb_run.info.run_id, "loss")
+
+
+def test_no_dicom_header_value_reaches_any_output(snakemake_project):
+    import pydicom
+
+    raw = snakemake_project / "data" / "raw" / "phantoms"
+    secrets = set()
+    for path in list(raw.rglob("*.dcm"))[:60]:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        for keyword in ("PatientName", "PatientID", "AccessionNumber", "InstitutionName", "StudyInstanceUID",
+                        "SOPInstanceUID", "ReferringPhysicianName", "PatientBirthDate"):
+            value = str(ds.get(keyword, "") or "")
+            if len(value) >= 6:
+                secrets.add(value)
+    assert secrets, "the phantoms carry fake PHI in their headers"
+    written = [p for d in ("data/prepared", "data/synthetic", "embeddings", "results", "logs", "mlartifacts")
+               for p in (snakemake_project / d).rglob("*") if p.is_file()]
+    written.append(snakemake_project / "mlflow.db")
+    for path in written:
+        blob = path.read_bytes()
+        for secret in secrets:
+            assert secret.encode() not in blob, f"{path.relative_to(snakemake_project)} holds a DICOM header value"
+
+
+@pytest.fixture(scope="module")
+def dvc_project(tmp_path_factory):
+    base = tmp_path_factory.mktemp("dvc")
+    project = copy_checkout(base / "medti")
+    start = time.monotonic()
+    run([BIN / "dvc", "repro"], project)
+    print(f"\n[e2e] default pipeline through dvc repro: {time.monotonic() - start:.0f} s")
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@example.org", "add", "-A"], project)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@example.org", "commit", "-qm", "pipeline run"], project)
+    return project
+
+
+def test_dvc_repro_runs_the_default_pipeline_and_a_second_run_does_nothing(dvc_project):
+    assert (dvc_project / "results" / "report" / "index.html").is_file()
+    status = run([BIN / "dvc", "status"], dvc_project).stdout
+    assert "Data and pipelines are up to date" in status
+    proc = run([BIN / "dvc", "repro"], dvc_project)
+    assert "didn't change, skipping" in proc.stdout and "Running stage" not in proc.stdout
+
+
+def test_dvc_reruns_only_stages_whose_parameters_changed(dvc_project):
+    params_file = dvc_project / "params.yaml"
+    original = params_file.read_text()
+    params = yaml.safe_load(original)
+    params["classes"]["chest_xray-opacity"]["init"] = "round opacity chest x-ray"
+    params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+    try:
+        status = yaml.safe_load(run([BIN / "dvc", "status", "--json"], dvc_project).stdout)
+    finally:
+        params_file.write_text(original)
+    changed = set(status)
+    # `classes` is one parameter section: prepare/generate of every modality see it change, but their outputs
+    # do not change, so `dvc repro` skips their downstream; the embeddings of other classes do not see it.
+    assert "train_embedding@chest_xray-opacity" in changed
+    assert not {s for s in changed if s.startswith("train_embedding@") and s != "train_embedding@chest_xray-opacity"}
+
+
+def test_embeddings_shared_through_a_dvc_remote_generate_in_a_fresh_clone(dvc_project, tmp_path):
+    params = yaml.safe_load((dvc_project / "params.yaml").read_text())
+    run([BIN / "dvc", "push"], dvc_project)
+    clone = dvc_project.parent / "colleague"  # beside the project: the default local remote is shared
+    run(["git", "clone", "-q", str(dvc_project), str(clone)], dvc_project.parent)
+    run([BIN / "dvc", "pull", "train_embedding"], clone)
+    assert not (clone / "data" / "raw").exists() and not (clone / "data" / "prepared").exists()
+    for entry in params["classes"].values():
+        assert (clone / "embeddings" / entry["modality"] / f"{entry['class']}.safetensors").is_file()
+    # DVC: generate from the pulled embeddings alone (no raw data, no retraining)
+    proc = run([BIN / "dvc", "repro", "--single-item", "generate@chest_xray"], clone)
+    assert "train_embedding" not in proc.stdout
+    assert (clone / "data" / "synthetic" / "chest_xray" / "manifest.csv").is_file()
+    # Snakemake: with the prepared data pulled too and times restored, nothing upstream reruns
+    run([BIN / "dvc", "pull", "prepare"], clone)
+    run([BIN / "medti", "workflow", "restore-mtimes"], clone)
+    proc = run([BIN / "snakemake", "-n", "--cores", CORES, "data/synthetic/histopathology"], clone)
+    jobs = planned_jobs(proc.stdout + proc.stderr)
+    assert jobs == {"generate": 1}, jobs
