@@ -1,7 +1,7 @@
 # medti: phantoms/ingest -> one embedding per modality and class -> synthetic sets -> classifiers per
 # condition and seed -> evaluation -> report.  `snakemake --cores 4 --resources gpu=1`; `snakemake -n`.
 # params.yaml is the one source of parameters (DVC reads it too); each rule calls the medti CLI with the
-# same command dvc.yaml runs (tests/test_workflow_sync.py fails when the two drift apart).
+# same command dvc.yaml runs (tests/test_workflow.py fails when the two drift apart).
 
 from snakemake.utils import min_version
 
