@@ -225,29 +225,12 @@ def confusion(labels, probs, k: int) -> np.ndarray:
     return out
 
 
-def _confusion_figure(matrix: np.ndarray, classes: list[str], path: Path, title: str) -> None:
-    from medti.atomic import save_figure
-    from medti.figures import _use_agg
-
-    plt = _use_agg()
-    fig, ax = plt.subplots(figsize=(1.2 + 0.8 * len(classes), 1.0 + 0.8 * len(classes)))
-    ax.imshow(matrix, cmap="Blues")
-    for (i, j), v in np.ndenumerate(matrix):
-        ax.text(j, i, str(v), ha="center", va="center", color="white" if v > matrix.max() / 2 else "black")
-    ax.set_xticks(range(len(classes)), classes, rotation=30, fontsize=8)
-    ax.set_yticks(range(len(classes)), classes, fontsize=8)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    save_figure(fig, path)
-
-
 def _write_outputs(folder: Path, state, spec, settings, data, history, metrics, probs, title) -> None:
     import pandas as pd
     import torch
 
     from medti.atomic import atomic_path, write_json, write_text
+    from medti.figures import confusion_matrices
 
     with atomic_path(folder / "model.pt") as tmp:
         torch.save(state, tmp)
@@ -265,7 +248,7 @@ def _write_outputs(folder: Path, state, spec, settings, data, history, metrics, 
                .to_csv(index_label="true\\predicted", lineterminator="\n"))
     _curves_figure(history, folder / "curves.png", title)
     roc_figure(data.test.labels, probs, data.classes, folder / "roc.png", f"{title}: test ROC")
-    _confusion_figure(matrix, data.classes, folder / "confusion.png", f"{title}: test set")
+    confusion_matrices({f"{title}: test set": matrix}, data.classes, folder / "confusion.png")
 
 
 # -- API -----------------------------------------------------------------------------------------------------

@@ -123,10 +123,11 @@ def stratified_subset(df: pd.DataFrame, count: int | None, rng: np.random.Genera
     return pd.concat(parts) if parts else df.iloc[:0]
 
 
-def _read(path: Path, modality: str | None) -> pd.DataFrame:
+def read_rows(path, modality: str | None) -> pd.DataFrame:
     """A manifest's rows (of one modality), ``path`` absolute and ``rel`` as written in the manifest."""
     from medti.manifest import read_manifest
 
+    path = Path(path)
     df = read_manifest(path, absolute=False)
     if modality is not None:
         df = df[df["modality"] == modality]
@@ -150,7 +151,7 @@ def load_experiment(real_manifest, synthetic_manifest=None, *, real_count: int |
     from medti.stats import require_classes
 
     real_manifest = Path(real_manifest)
-    real = _read(real_manifest, modality)
+    real = read_rows(real_manifest, modality)
     classes = task_classes(real, str(real_manifest), classes)
     unknown = sorted(set(real["split"]) - {"train", "val", "test"})
     if unknown:
@@ -164,7 +165,7 @@ def load_experiment(real_manifest, synthetic_manifest=None, *, real_count: int |
             raise ConfigError(f"{setting}.synthetic: the condition uses synthetic images, but no synthetic "
                               "manifest was given (--synthetic)")
         synthetic_manifest = Path(synthetic_manifest)
-        syn = _read(synthetic_manifest, modality)
+        syn = read_rows(synthetic_manifest, modality)
         check_same_labels(real, syn, str(real_manifest), str(synthetic_manifest))
         syn = stratified_subset(syn, synthetic_count, rng, f"{setting}.synthetic")
         n_synthetic = len(syn)

@@ -5,6 +5,10 @@ patient gets the same id in every run on this project while nobody without the s
 PatientID against it. The salt is 32 random bytes in an untracked local file: ``<project root>/.medti/salt``
 (git-ignored), or the file named by ``MEDTI_SALT_FILE``. It is created on first use; keep it with the
 project to keep ids stable, and never commit it.
+
+Output file names are salted ids too. Where rejects.csv must name an input so that its owner can find it,
+the path is relative to the input root, with the file's identifying header values (IDENTIFYING_KEYWORDS)
+redacted; a file whose header cannot be read at all is listed by its path as it is.
 """
 
 from __future__ import annotations
@@ -84,9 +88,35 @@ class Deidentifier:
 
 REDACTED = "[redacted]"
 
+# Attributes whose values identify a patient, a study or a site (after DICOM PS3.15 E.1-1): redacted from the
+# input paths that rejects.csv lists, since export folders are often named after them.
+IDENTIFYING_KEYWORDS = (
+    "PatientName", "PatientID", "OtherPatientIDs", "OtherPatientNames", "PatientBirthName", "PatientBirthDate",
+    "PatientMotherBirthName", "PatientAddress", "PatientTelephoneNumbers", "IssuerOfPatientID",
+    "MedicalRecordLocator", "AdmissionID", "AccessionNumber", "StudyID", "StudyDate", "SeriesDate",
+    "AcquisitionDate", "ContentDate", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID",
+    "FrameOfReferenceUID", "InstitutionName", "InstitutionAddress", "InstitutionalDepartmentName",
+    "ReferringPhysicianName", "PerformingPhysicianName", "OperatorsName", "NameOfPhysiciansReadingStudy",
+    "RequestingPhysician", "StationName", "DeviceSerialNumber", "ContainerIdentifier",
+)
+_WHOLE_WORD_BELOW = 5  # shorter values are redacted only as whole words, so "001" leaves "subject_0017" alone
+
 
 def redact(text: str, values: Iterable[str], min_length: int = 3) -> str:
     """``text`` with every occurrence of any of ``values`` (header values, say) replaced by [redacted]."""
     for value in sorted({v for v in values if v and len(v) >= min_length}, key=len, reverse=True):
         text = text.replace(value, REDACTED)
+    return text
+
+
+def redact_path(text: str, values: Iterable[str]) -> str:
+    """``text`` (a path, or a message naming one) with identifying ``values`` replaced by [redacted],
+    ignoring case: anywhere for values of five characters or more, as whole words for shorter ones."""
+    import re
+
+    for value in sorted({v.strip() for v in values if v and len(v.strip()) >= 2}, key=len, reverse=True):
+        pattern = re.escape(value)
+        if len(value) < _WHOLE_WORD_BELOW:
+            pattern = rf"(?<![A-Za-z0-9]){pattern}(?![A-Za-z0-9])"
+        text = re.sub(pattern, REDACTED, text, flags=re.IGNORECASE)
     return text

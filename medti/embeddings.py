@@ -174,18 +174,29 @@ def _read_safetensors(path: Path):
 
 def _read_pickle(path: Path):
     import pickle
+    import warnings
 
     import torch
 
     try:
-        return torch.load(str(path), map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # a plain pickle's protocol note adds nothing to the refusal below
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        raise ModelError(
-            f"{path}: refused: the pickle holds objects other than tensors and plain data "
-            f"(it could run code); only weights_only pickles are read ({str(exc).splitlines()[0][:120]})"
-        ) from None
+        raise ModelError(f"{path}: refused: {_unsafe_reason(str(exc))}; medti reads pickles only with "
+                         "torch.load(weights_only=True), so nothing in this file was run") from None
     except Exception as exc:  # noqa: BLE001
         raise ModelError(f"{path}: not a readable embedding file ({str(exc).splitlines()[0][:160]})") from None
+
+
+def _unsafe_reason(message: str) -> str:
+    """What a refused pickle wanted, from torch's weights_only error (e.g. the global it would call)."""
+    import re
+
+    found = re.search(r"GLOBAL ([\w.]+)", message)
+    if found:
+        return f"the pickle would call or build {found.group(1)} (it could run code)"
+    return "the pickle holds objects other than tensors and plain data (it could run code)"
 
 
 def _parse_state(path: Path, state, meta: dict):

@@ -248,3 +248,33 @@ def compare(labels, sets_a, sets_b, boot_a: np.ndarray, boot_b: np.ndarray, conf
     z, p = delong_test(labels, sets_a, sets_b) if binary else (None, None)
     return Comparison(difference=point, ci_low=lo, ci_high=hi, p_bootstrap=bootstrap_p_value(diffs),
                       p_delong=p, z_delong=z)
+
+
+# -- a table of conditions -----------------------------------------------------------------------------------
+
+def summarise_conditions(labels, score_sets: dict[str, list], reference: str, n_boot: int, confidence: float,
+                         seed: int = 0) -> dict[str, dict]:
+    """Per condition (a list of score sets, one per seed, all on the same test cases): the seeds' AUCs, their
+    mean and standard deviation, a bootstrap interval of the mean AUC and, for every condition but
+    ``reference``, the paired comparison with it (:class:`Comparison`, under ``"comparison"``).
+
+    The interval reflects the test set's sampling (cases resampled, stratified by class); the standard
+    deviation reflects the seeds (initial weights, batches, the subsets drawn).
+    """
+    labels = np.asarray(labels, dtype=int)
+    if reference not in score_sets:
+        raise InputError(f"evaluate.reference: condition '{reference}' has no classifier runs "
+                         f"(have: {', '.join(score_sets)})")
+    boot = bootstrap_aucs(labels, score_sets, n_boot, seed)
+    out = {}
+    for name, sets in score_sets.items():
+        aucs = [auc(labels, s) for s in sets]
+        lo, hi = percentile_interval(boot[name].mean(axis=0), confidence)
+        entry = {"aucs": aucs, "auc_mean": float(np.mean(aucs)),
+                 "auc_std": float(np.std(aucs, ddof=1)) if len(aucs) > 1 else 0.0,
+                 "ci_low": lo, "ci_high": hi, "n_seeds": len(aucs)}
+        if name != reference:
+            entry["comparison"] = compare(labels, sets, score_sets[reference], boot[name], boot[reference],
+                                          confidence).to_dict()
+        out[name] = entry
+    return out

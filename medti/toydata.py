@@ -1,8 +1,11 @@
-"""A small labelled image set with a known answer, for benchmarks and tests of the classifier stages.
+"""Small image sets with a known answer, for benchmarks and tests.
 
-Class 0 images are smooth noise; every other class adds a bright blob (class k: k blobs), so a classifier
-that learns anything reaches a high AUC, while the same images with shuffled labels leave it at chance.
-Written as PNGs with a real (prepared) or a synthetic manifest in medti's manifest form.
+- ``toy_image`` / ``write_real_set`` / ``write_synthetic_set``: class 0 images are smooth noise; every other
+  class adds a bright blob (class k: k blobs), so a classifier that learns anything reaches a high AUC,
+  while the same images with shuffled labels leave it at chance. Written as PNGs with a real (prepared) or
+  a synthetic manifest in medti's manifest form.
+- ``draw_shapes``: a bright filled disc or a bright ring on a dark background, the two concepts of the
+  Textual Inversion concept-recovery fixture (scripts/build_concept_fixture.py) and its test.
 """
 
 from __future__ import annotations
@@ -31,6 +34,33 @@ def toy_image(label: int, rng: np.random.Generator, size: int = 64) -> np.ndarra
         r = rng.uniform(0.06, 0.1) * size
         img += 0.45 * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * r * r))
     return (np.clip(img, 0, 1) * 255).round().astype(np.uint8)
+
+
+SHAPES = ("disc", "ring")
+
+
+def draw_shapes(kind: str, n: int, seed: int, size: int = 32) -> np.ndarray:
+    """``n`` grey images (uint8 ``[n, size, size]``) of a bright filled disc or a bright ring on a dark,
+    slightly noisy background, with random position, size and brightness (the ring's hole is larger than
+    the largest disc, so the centre tells them apart)."""
+    if kind not in SHAPES:
+        raise ValueError(f"unknown shape {kind!r} (choose from {', '.join(SHAPES)})")
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size].astype(np.float32) + 0.5
+    s = size / 32.0
+    out = np.empty((n, size, size), np.uint8)
+    for i in range(n):
+        cx, cy = rng.uniform(13, 19, 2) * s
+        r = np.hypot(xx - cx, yy - cy)
+        if kind == "disc":
+            mask = np.clip(rng.uniform(5.0, 7.5) * s - r + 0.5, 0, 1)
+        else:
+            outer, width = rng.uniform(9.0, 11.5) * s, rng.uniform(2.0, 3.0) * s
+            mask = np.clip(outer - r + 0.5, 0, 1) * np.clip(r - (outer - width) + 0.5, 0, 1)
+        bright, dark = rng.uniform(200, 245), rng.uniform(10, 35)
+        img = dark + (bright - dark) * mask + rng.normal(0, 4, (size, size))
+        out[i] = np.clip(img, 0, 255).round().astype(np.uint8)
+    return out
 
 
 def _save(img: np.ndarray, path: Path) -> str:

@@ -6,7 +6,7 @@ one, deterministically, on a 2-core CPU in a few minutes, and writes it as a dif
 (fp16 weights, about 1.6 MB) that `medti.models.load_base_model` and diffusers both read:
 
 1. two concepts on a dark 32x32 background: a bright filled **disc** and a bright **ring** (random
-   size, position and brightness; `draw_shapes` below, which the test imports to make its images);
+   size, position and brightness; `medti.toydata.draw_shapes`, which the test uses too);
 2. a small VAE (factor 4: 8x8x4 latents) trained to reconstruct both (the `tiny` model's VAE is random;
    a trained one makes samples judgeable in pixel space and the validation grids readable);
 3. a UNet trained as a denoiser on their latents, conditioned through the project's CLIP-style text
@@ -32,34 +32,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from medti.toydata import SHAPES as CONCEPTS, draw_shapes
+
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "tests" / "fixtures" / "concept_model"
 RESOLUTION = 32
-CONCEPTS = ("disc", "ring")
 TEMPLATE = "a photo of {}"
 VAE_STEPS, UNET_STEPS, BATCH = 600, 1500, 32
-
-
-def draw_shapes(kind: str, n: int, seed: int, size: int = RESOLUTION) -> np.ndarray:
-    """``n`` grey images (uint8 [n, size, size]) of a bright disc or ring on a dark, slightly noisy background."""
-    if kind not in CONCEPTS:
-        raise ValueError(f"unknown concept {kind!r}")
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:size, :size].astype(np.float32) + 0.5
-    s = size / 32.0
-    out = np.empty((n, size, size), np.uint8)
-    for i in range(n):
-        cx, cy = rng.uniform(13, 19, 2) * s
-        r = np.hypot(xx - cx, yy - cy)
-        if kind == "disc":
-            mask = np.clip(rng.uniform(5.0, 7.5) * s - r + 0.5, 0, 1)
-        else:
-            outer, width = rng.uniform(9.0, 11.5) * s, rng.uniform(2.0, 3.0) * s
-            mask = np.clip(outer - r + 0.5, 0, 1) * np.clip(r - (outer - width) + 0.5, 0, 1)
-        bright, dark = rng.uniform(200, 245), rng.uniform(10, 35)
-        img = dark + (bright - dark) * mask + rng.normal(0, 4, (size, size))
-        out[i] = np.clip(img, 0, 255).round().astype(np.uint8)
-    return out
 
 
 def _architecture():

@@ -16,6 +16,9 @@ def pytest_configure(config):
     cache = Path(os.environ.get("MEDTI_TEST_CACHE", ROOT / ".pytest_cache" / "medti"))
     os.environ["MEDTI_CACHE"] = str(cache)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    # Idle OpenMP threads sleep instead of spinning: on a CPU shared by several processes, spinning
+    # threads made a tiny-model UNet call up to 100x slower (torch is imported after this point).
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     os.environ.setdefault("MEDTI_TRACKING", "0")  # tests that exercise MLflow turn it on themselves
     os.environ.pop("MLFLOW_TRACKING_URI", None)
 

@@ -1,4 +1,5 @@
-"""Generation jobs: the pipeline's per-modality synthetic set and the standalone form, with tracking.
+"""Generation jobs: the pipeline's per-modality synthetic set and the standalone form, with tracking, and
+the loading that ``medti generate``, ``interpolate`` and ``inpaint`` share.
 
 Pipeline: the classes of a modality from params.yaml, their embeddings ``<embeddings>/<class>.safetensors``
 installed under the class tokens (``<modality-class>``), and the modality's prompt templates cycled over
@@ -9,15 +10,22 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from medti.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-DEFAULTS = {"n_per_class": 40, "steps": 20, "guidance": 5.0, "scheduler": "dpmsolver++", "negative_prompt": "",
-            "batch_size": 16, "seed": None, "resolution": None}
+SAMPLING_KEYS = ("steps", "guidance", "scheduler", "negative_prompt", "batch_size", "seed", "resolution")
+
+
+def schema_defaults(section: str) -> dict:
+    """The defaults params.schema.yaml gives the settings of ``section`` (standalone runs have no params)."""
+    from medti.config import load_schema
+
+    props = load_schema()["properties"][section]["properties"]
+    return {k: v["default"] for k, v in props.items() if "default" in v}
 
 
 @dataclass
@@ -49,19 +57,27 @@ class Runtime:
         return model, device, dtype
 
 
-def settings(params: dict | None, modality: str | None, **cli) -> dict:
-    """The generation settings: command line over params.yaml ``generate`` (with the modality's overrides)
-    over the defaults. ``seed`` falls back to the project's ``seed``."""
+def settings(params: dict | None, modality: str | None, section: str = "generate", **cli) -> dict:
+    """The settings of ``section``: command line over params.yaml (with the modality's overrides) over the
+    schema's defaults. Sampling settings a section lacks come from ``generate``; ``seed`` falls back to
+    the project's ``seed``. Counts and steps are checked here, before any model is loaded."""
     from medti.config import stage
 
-    cfg = dict(DEFAULTS)
+    own = schema_defaults(section)
+    keys = set(SAMPLING_KEYS) | (set(own) - {"out"})
+    cfg = {k: v for k, v in (schema_defaults("generate") | own).items() if k in keys}
     if params is not None:
-        cfg.update({k: v for k, v in stage(params, "generate", modality).items() if k in DEFAULTS})
-        if cfg["seed"] is None:
+        for part in dict.fromkeys(["generate", section]):
+            cfg.update({k: v for k, v in stage(params, part, modality).items() if k in keys})
+        if cfg.get("seed") is None:
             cfg["seed"] = params.get("seed", 0)
     cfg.update({k: v for k, v in cli.items() if v is not None})
-    if cfg["seed"] is None:
+    if cfg.get("seed") is None:
         cfg["seed"] = 0
+    for key, flag in (("n_per_class", "--n"), ("n", "--n"), ("steps", "--steps"), ("batch_size", "--batch-size")):
+        if key in cfg and int(cfg[key]) < 1:
+            what = "the number of images" if key.startswith("n") else key.replace("_", " ")
+            raise ConfigError(f"{flag} ({section}.{key}) is {cfg[key]}: {what} must be at least 1")
     return cfg
 
 
@@ -69,38 +85,74 @@ def uses_token(prompt: str, token: str) -> bool:
     return re.search(r"(?<![\w])" + re.escape(token) + r"(?![\w])", prompt) is not None
 
 
-def generate_modality(params: dict, modality: str, embeddings_dir, out, *, shard: str | None = None,
-                      runtime: Runtime | None = None, **cli):
-    """The pipeline job: ``n_per_class`` images of every class of ``modality``."""
-    from medti.config import class_token, modality as modality_cfg, stage
+@dataclass
+class Loaded:
+    """A base model on its device with embeddings installed; in pipeline mode also the classes' prompts."""
+
+    model: object
+    device: object
+    dtype: object
+    installed: list = field(default_factory=list)                   # InstalledEmbedding
+    class_prompts: dict[str, list[str]] = field(default_factory=dict)  # class -> templates with its token
+
+    def checksums(self, prompt) -> str:
+        """The checksums of the installed embeddings ``prompt`` (text, WeightedPrompt or Blend) names."""
+        text = str(prompt)
+        return ";".join(e.checksum for e in self.installed if uses_token(text, e.token))
+
+    def resolve(self, prompt_or_class: str) -> str:
+        """A class name (pipeline mode) -> its first prompt; anything else is a prompt already."""
+        prompts = self.class_prompts.get(prompt_or_class)
+        return prompts[0] if prompts else prompt_or_class
+
+
+def load_modality(params: dict, modality: str, embeddings_dir, runtime: "Runtime | None" = None) -> Loaded:
+    """The base model with every class embedding of ``modality`` (``<embeddings_dir>/<class>.safetensors``)."""
+    from medti.config import class_token, modality as modality_cfg
     from medti.generate.loading import install_embeddings
-    from medti.generate.synthetic import ClassSpec, SetSpec, parse_shard
 
     mod = modality_cfg(params, modality)
-    cfg = settings(params, modality, **cli)
     templates = mod.get("templates") or ["{}"]
-    runtime = runtime or Runtime.from_params(params)
     embeddings_dir = Path(embeddings_dir)
+    runtime = runtime or Runtime.from_params(params)
     model, device, dtype = runtime.load()
     tokens = [class_token(modality, c) for c in mod["classes"]]
     installed = install_embeddings(model, [(t, embeddings_dir / f"{c}.safetensors")
                                            for t, c in zip(tokens, mod["classes"])])
-    classes = [ClassSpec(c, i, [t.format(tok) for t in templates], emb.checksum)
-               for i, (c, tok, emb) in enumerate(zip(mod["classes"], tokens, installed))]
-    spec = SetSpec(modality=modality, classes=classes, n_per_class=int(cfg["n_per_class"]),
-                   base_model=model.model_id, text_encoder_hash=model.text_encoder_hash(), seed=int(cfg["seed"]),
-                   steps=int(cfg["steps"]), guidance=float(cfg["guidance"]), scheduler=cfg["scheduler"],
-                   negative_prompt=cfg["negative_prompt"], resolution=cfg["resolution"],
-                   channels=stage(params, "prepare", modality).get("channels", "rgb"), shard=parse_shard(shard))
-    return _run(params, model, spec, out, cfg, device, dtype, inputs={"embeddings": embeddings_dir})
+    prompts = {c: [t.format(tok) for t in templates] for c, tok in zip(mod["classes"], tokens)}
+    return Loaded(model, device, dtype, installed, prompts)
 
 
-def generate_standalone(out, prompts: list[str], n: int, *, embeddings=(), class_names=None,
+def load_standalone(embeddings=(), runtime: "Runtime | None" = None, params: dict | None = None) -> Loaded:
+    """The base model with any embedding files (``PATH`` or ``TOKEN=PATH``) installed."""
+    from medti.generate.loading import install_embeddings
+
+    runtime = runtime or Runtime.from_params(params)
+    model, device, dtype = runtime.load()
+    return Loaded(model, device, dtype, install_embeddings(model, list(embeddings)))
+
+
+def generate_modality(params: dict, modality: str, embeddings_dir, out, *, shard: str | None = None,
+                      runtime: Runtime | None = None, **cli):
+    """The pipeline job: ``n_per_class`` images of every class of ``modality``."""
+    from medti.config import stage
+    from medti.generate.synthetic import ClassSpec, parse_shard
+
+    cfg = settings(params, modality, **cli)
+    shard_kn = parse_shard(shard)
+    loaded = load_modality(params, modality, embeddings_dir, runtime)
+    classes = [ClassSpec(c, i, prompts, loaded.checksums(prompts[0]))
+               for i, (c, prompts) in enumerate(loaded.class_prompts.items())]
+    spec = _set_spec(loaded, modality, classes, cfg, shard_kn,
+                     channels=stage(params, "prepare", modality).get("channels", "rgb"))
+    return _run(params, loaded, spec, out, cfg, inputs={"embeddings": Path(embeddings_dir)})
+
+
+def generate_standalone(out, prompts: list[str], n: int | None, *, embeddings=(), class_names=None,
                         modality: str = "custom", shard: str | None = None, params: dict | None = None,
                         runtime: Runtime | None = None, **cli):
     """``n`` images per prompt (one class per prompt) with any embeddings installed."""
-    from medti.generate.loading import install_embeddings
-    from medti.generate.synthetic import ClassSpec, SetSpec, parse_shard
+    from medti.generate.synthetic import ClassSpec, parse_shard
 
     if not prompts:
         raise ConfigError("no --prompt given")
@@ -108,35 +160,42 @@ def generate_standalone(out, prompts: list[str], n: int, *, embeddings=(), class
     if len(class_names) != len(prompts):
         raise ConfigError(f"{len(prompts)} prompts but {len(class_names)} class names: give one --class-name per --prompt")
     cfg = settings(params, None, n_per_class=n, **cli)
-    runtime = runtime or Runtime.from_params(params)
-    model, device, dtype = runtime.load()
-    installed = install_embeddings(model, list(embeddings))
-    classes = []
-    for i, (name, prompt) in enumerate(zip(class_names, prompts)):
-        used = ";".join(e.checksum for e in installed if uses_token(prompt, e.token))
-        classes.append(ClassSpec(name, i, [prompt], used))
-    spec = SetSpec(modality=modality, classes=classes, n_per_class=int(cfg["n_per_class"]), base_model=model.model_id,
-                   text_encoder_hash=model.text_encoder_hash(), seed=int(cfg["seed"]), steps=int(cfg["steps"]),
-                   guidance=float(cfg["guidance"]), scheduler=cfg["scheduler"], negative_prompt=cfg["negative_prompt"],
-                   resolution=cfg["resolution"], shard=parse_shard(shard))
-    return _run(params, model, spec, out, cfg, device, dtype)
+    shard_kn = parse_shard(shard)
+    classes = [ClassSpec(name, i, [prompt]) for i, (name, prompt) in enumerate(zip(class_names, prompts))]
+    loaded = load_standalone(embeddings, runtime, params)
+    for c in classes:
+        c.embedding_checksum = loaded.checksums(c.prompts[0])
+    spec = _set_spec(loaded, modality, classes, cfg, shard_kn)
+    return _run(params, loaded, spec, out, cfg)
 
 
-def _run(params, model, spec, out, cfg, device, dtype, inputs=None):
+def _set_spec(loaded: Loaded, modality: str, classes, cfg: dict, shard: tuple[int, int], channels: str = "rgb"):
+    from medti.generate.synthetic import SetSpec
+
+    return SetSpec(modality=modality, classes=classes, n_per_class=int(cfg["n_per_class"]),
+                   base_model=loaded.model.model_id, text_encoder_hash=loaded.model.text_encoder_hash(),
+                   seed=int(cfg["seed"]), steps=int(cfg["steps"]), guidance=float(cfg["guidance"]),
+                   scheduler=cfg["scheduler"], negative_prompt=cfg["negative_prompt"], resolution=cfg["resolution"],
+                   channels=channels, shard=shard)
+
+
+def _run(params, loaded: Loaded, spec, out, cfg, inputs=None):
     from medti.generate.synthetic import GRID, generate_set
     from medti.tracking import track
 
+    model = loaded.model
     k, n = spec.shard
     log.info("generating %d images per class for %s (%s) with %s: %d steps, guidance %g, %s, batch %d, on %s (%s)%s",
              spec.n_per_class, ", ".join(c.name for c in spec.classes), spec.modality, model.model_id, spec.steps,
-             spec.guidance, spec.scheduler, cfg["batch_size"], device, str(dtype).replace("torch.", ""),
+             spec.guidance, spec.scheduler, cfg["batch_size"], loaded.device, str(loaded.dtype).replace("torch.", ""),
              f", shard {k}/{n}" if n > 1 else "")
     run_name = f"generate-{spec.modality}" + (f"-shard{k}of{n}" if n > 1 else "")
     with track(params, "generate", run_name=run_name, inputs=inputs,
                tags={"modality": spec.modality, "base_model": model.model_id, "shard": f"{k}/{n}"}) as t:
-        t.log_params({k_: v for k_, v in cfg.items()} | {"classes": ",".join(c.name for c in spec.classes),
-                                                          "fingerprint": spec.fingerprint()})
-        result = generate_set(model, spec, out, batch_size=int(cfg["batch_size"]), device=device, dtype=dtype)
+        t.log_params(dict(cfg) | {"classes": ",".join(c.name for c in spec.classes),
+                                  "fingerprint": spec.fingerprint()})
+        result = generate_set(model, spec, out, batch_size=int(cfg["batch_size"]), device=loaded.device,
+                              dtype=loaded.dtype)
         t.log_metrics({k_: v for k_, v in result.stats.items() if isinstance(v, (int, float))})
         if n == 1:
             t.log_artifact(Path(out) / GRID)

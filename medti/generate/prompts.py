@@ -7,8 +7,10 @@ A1111 runs did). A sub-prompt without ``:weight`` has weight 1. In a prompt with
 ending in ``:word`` where the word is not a number is an error (a mistyped weight), not text; in a single
 prompt only a trailing ``:number`` is read as a weight, so ordinary colons stay text.
 
-A :class:`Blend` is the alternative to weighting noise predictions: the text encoder's outputs of two
-prompts are interpolated (linearly or spherically, token by token) into one conditioning.
+A :class:`Blend` is the alternative to weighting noise predictions: embedding-space interpolation. The
+token embeddings of two prompts (the learned vectors of their placeholders included) are interpolated
+position by position, linearly or spherically, and the text encoder encodes the mix into one conditioning;
+prompts that differ only in their class token (the same template) blend exactly the two embeddings.
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ BLEND_MODES = ("linear", "slerp")
 
 @dataclass(frozen=True)
 class Blend:
-    """The conditioning ``(1 - t) * enc(a) + t * enc(b)`` (``linear``) or its spherical counterpart."""
+    """The conditioning ``enc((1 - t) * emb(a) + t * emb(b))`` (``linear``) or its spherical counterpart,
+    with ``emb`` the token embeddings of a prompt and ``enc`` the rest of the text encoder."""
 
     a: str
     b: str
@@ -120,6 +123,10 @@ def interpolate_vectors(a, b, t: float, mode: str):
     """Row-wise linear or spherical interpolation between two tensors of the same shape [..., dim]."""
     import torch
 
+    if t == 0:
+        return a.clone()
+    if t == 1:
+        return b.clone()
     if mode == "linear":
         return torch.lerp(a, b, t)
     a32, b32 = a.float(), b.float()

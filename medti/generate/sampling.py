@@ -97,6 +97,17 @@ class Sampler:
             expanded.append(full)
         return expanded
 
+    def validate(self, prompts: Sequence[str | WeightedPrompt | Blend], negative_prompt: str = "",
+                 scheduler: str = "dpmsolver++", resolution=None) -> None:
+        """Check what a run needs before it does any work or writes anything: every prompt (its weights,
+        tokens and length), the scheduler's name and the resolution."""
+        texts = {negative_prompt}
+        for p in prompts:
+            texts.update(as_weighted(p).texts())
+        self.check_prompts(sorted(texts))
+        make_scheduler(scheduler, self.model.noise_scheduler.config)
+        self.latent_shape(resolution)
+
     @torch.inference_mode()
     def encode_texts(self, texts: Sequence[str]) -> torch.Tensor:
         """The text encoder's last hidden states [n, L, D] (in the UNet's dtype) for ``texts``."""
@@ -110,38 +121,56 @@ class Sampler:
         return torch.cat(out)
 
     def condition(self, prompts: Sequence[str | WeightedPrompt | Blend], negative_prompt: str = "") -> Conditioning:
-        """Encode every distinct text once (blends from their two ends) and index them per image."""
+        """Encode every distinct text and blend once and index them per image. Sub-prompts of weight 0
+        add nothing to the guided prediction, so they get no UNet row."""
         weighted = [as_weighted(p) for p in prompts]
         texts: list[str] = [negative_prompt]
+        blends: list[Blend] = []
         for wp in weighted:
-            texts.extend(t for t in wp.texts() if t not in texts)
-        encoded = self.encode_texts(texts)
-        row = {t: i for i, t in enumerate(texts)}
-        table = [encoded]
-        blend_rows: dict[Blend, int] = {}
-        terms = []
-        for wp in weighted:
-            image_terms = []
             for cond, weight in wp.terms:
+                if weight == 0:
+                    self.check_prompts(cond.texts() if isinstance(cond, Blend) else [cond])  # still a valid prompt
+                    continue
                 if isinstance(cond, Blend):
-                    if cond not in blend_rows:
-                        mixed = interpolate_vectors(encoded[row[cond.a]], encoded[row[cond.b]], cond.t, cond.mode)
-                        blend_rows[cond] = len(texts) + len(blend_rows)
-                        table.append(mixed.unsqueeze(0))
-                    image_terms.append((blend_rows[cond], weight))
-                else:
-                    image_terms.append((row[cond], weight))
-            terms.append(image_terms)
+                    blends.extend([cond] if cond not in blends else [])
+                elif cond not in texts:
+                    texts.append(cond)
+        table = [self.encode_texts(texts)] + [self.encode_blend(b) for b in blends]
+        row = {t: i for i, t in enumerate(texts)} | {b: len(texts) + i for i, b in enumerate(blends)}
+        terms = [[(row[cond], weight) for cond, weight in wp.terms if weight != 0] for wp in weighted]
         return Conditioning(torch.cat(table), terms)
 
+    @torch.inference_mode()
+    def encode_blend(self, blend: Blend) -> torch.Tensor:
+        """The text encoder's states [1, L, D] for ``blend``: its two prompts' token embeddings (the learned
+        vectors of their placeholders included) interpolated position by position, then encoded once.
+        Positions where both prompts have the same token keep it; ``t`` 0 and 1 give the two prompts."""
+        from medti.models.token_embedding import install_extended_embedding
+
+        tok, te = self.model.tokenizer, self.model.text_encoder
+        expanded = self.check_prompts(blend.texts())
+        ids = tok(expanded, padding="max_length", max_length=tok.model_max_length, truncation=True,
+                  return_tensors="pt").input_ids.to(_module_device(te))
+        layer = install_extended_embedding(te)
+        vectors = layer(ids)
+        mixed = interpolate_vectors(vectors[:1], vectors[1:], blend.t, blend.mode)
+        handle = layer.register_forward_hook(lambda module, inputs, output: mixed.to(output.dtype))
+        try:
+            states = te(ids[:1])[0]  # the ids only place the pooled EOS token, which SD does not use
+        finally:
+            handle.remove()
+        return states.to(device=self.device, dtype=self.unet_dtype)
+
     # -- latents -------------------------------------------------------------------------------------------
-    def latent_shape(self, resolution: int | None) -> tuple[int, int, int]:
+    def latent_shape(self, resolution: int | tuple[int, int] | None) -> tuple[int, int, int]:
+        """(channels, h, w) of the latents for a square ``resolution`` or an (height, width) in pixels."""
         factor = self.model.vae_scale_factor
-        res = int(resolution or self.model.resolution)
-        if res <= 0 or res % factor:
-            raise ConfigError(f"resolution {res}: must be a positive multiple of {factor} "
-                              f"(the VAE's downsampling factor) for base model '{self.model.model_id}'")
-        return int(self.model.vae.config.latent_channels), res // factor, res // factor
+        size = resolution if isinstance(resolution, (tuple, list)) else (resolution or self.model.resolution,) * 2
+        for res in size:
+            if int(res) <= 0 or int(res) % factor:
+                raise ConfigError(f"resolution {res}: must be a positive multiple of {factor} "
+                                  f"(the VAE's downsampling factor) for base model '{self.model.model_id}'")
+        return int(self.model.vae.config.latent_channels), int(size[0]) // factor, int(size[1]) // factor
 
     @torch.inference_mode()
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:

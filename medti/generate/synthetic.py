@@ -149,16 +149,17 @@ def generate_set(model, spec: SetSpec, out, *, batch_size: int = 16, device=None
     from medti.generate.sampling import Sampler
 
     out = Path(out)
+    items = spec.items()
+    sampler = sampler or Sampler(model, device=device, dtype=dtype)
+    sampler.validate(sorted({it.prompt for it in items}), spec.negative_prompt, spec.scheduler, spec.resolution)
     out.mkdir(parents=True, exist_ok=True)
     _start_or_resume(out, spec)
-    items = spec.items()
     todo = [it for it in items if not (out / it.path).is_file()]
     for c in spec.classes:
         sweep_stale_temporaries(out / c.name)
     skipped = len(items) - len(todo)
     if skipped:
         log.info("resuming: %d of %d images are already in %s", skipped, len(items), out)
-    sampler = sampler or Sampler(model, device=device, dtype=dtype)
     start = time.perf_counter()
     if todo:
         def save(sl, images):

@@ -48,6 +48,24 @@ def header_strings(ds) -> list[str]:
     return out
 
 
+def identifying_values(ds) -> tuple[str, ...]:
+    """The values of a dataset's identifying attributes (medti.deid.IDENTIFYING_KEYWORDS), as text."""
+    from medti.deid import IDENTIFYING_KEYWORDS
+
+    out = []
+    for keyword in IDENTIFYING_KEYWORDS:
+        try:
+            value = ds.get(keyword)
+        except Exception:  # noqa: BLE001 - an unreadable value cannot be matched either
+            continue
+        if value is None or isinstance(value, (bytes, list)) and not value:
+            continue
+        for v in _values(value):
+            text = str(v).strip()
+            out += [text] + ([part for part in text.split("^") if part] if "^" in text else [])
+    return tuple(dict.fromkeys(v for v in out if v))
+
+
 def _values(value) -> list:
     from pydicom.multival import MultiValue
 
@@ -207,7 +225,8 @@ def grey_unit(values: np.ndarray, ds, window, method: str, percentiles, frame: i
 
     if window == "auto" and "VOILUTSequence" in ds:
         bits = int(ds.VOILUTSequence[0].LUTDescriptor[2])
-        return np.clip(np.asarray(apply_voi(values, ds, index=0), dtype=np.float32) / (2.0**bits - 1), 0, 1)
+        indices = np.rint(values).astype(np.int64)  # a LUT is indexed by whole modality values
+        return np.clip(np.asarray(apply_voi(indices, ds, index=0), dtype=np.float32) / (2.0**bits - 1), 0, 1)
     win = file_window(ds, frame) if window == "auto" else (window if isinstance(window, Window) else None)
     unit = win.apply(values) if win is not None else normalise(values, method, percentiles)
     return unit
@@ -239,6 +258,18 @@ def to_unit(arr: np.ndarray, ds, ctx: Context, frame: int = 0) -> np.ndarray:
     return 1.0 - unit if photometric == "MONOCHROME1" else unit
 
 
+def frame_units(ds, ctx: Context):
+    """Yield ``(frame index or None, [0, 1] image)`` for the frames to keep: the middle one or all
+    (``ctx.frames``); None for a single-frame file. Raises Rejected for files without usable pixels."""
+    check_pixels(ds)
+    n = frame_count(ds)
+    if n == 1:
+        yield None, to_unit(decode(ds), ds, ctx)
+        return
+    for f in ([n // 2] if ctx.frames == "middle" else range(n)):
+        yield f, to_unit(decode(ds, index=f), ds, ctx, frame=f)
+
+
 class DicomSource:
     """A folder of DICOM files (recursive), one image per file or frame."""
 
@@ -251,27 +282,25 @@ class DicomSource:
         self.subject_from = cfg.get("subject_from") or "PatientID"
         self.channel_names: list[str] = []
 
-    def plan(self, run_parallel) -> tuple[list, list]:
+    def plan(self, run_parallel, labeler) -> tuple[list, list]:
         return list_files(self.root, self.exclude), []
 
     def process(self, relpath: str, ctx: Context) -> Result:
         data = (self.root / relpath).read_bytes()
         checksum = sha256_hex(data)
         ds = parse(data)
-        keys = {"path": relpath, "SOPInstanceUID": ds.get("SOPInstanceUID"),
-                "StudyInstanceUID": ds.get("StudyInstanceUID"), "PatientID": ds.get("PatientID")}
-        tag = ctx.labeler.tag
-        cls, line = ctx.labeler.resolve(keys, tag_value=ds.get(tag) if tag else None)
+        line = None
         try:
+            keys = {"path": relpath, "SOPInstanceUID": ds.get("SOPInstanceUID"),
+                    "StudyInstanceUID": ds.get("StudyInstanceUID"), "PatientID": ds.get("PatientID")}
+            tag = ctx.labeler.tag
+            cls, line = ctx.labeler.resolve(keys, tag_value=ds.get(tag) if tag else None)
             subject = subject_key(self.subject_from, relpath, header=ds)
-            check_pixels(ds)
-            n = frame_count(ds)
-            frames = [n // 2] if ctx.frames == "middle" else list(range(n))
             result = Result()
-            for f in frames:
-                unit = to_unit(decode(ds, index=f if n > 1 else None), ds, ctx, frame=f)
-                key = relpath if len(frames) == 1 else f"{relpath}#frame{f}"
-                result.records.append(ctx.write(unit, f"dicom:{key}", subject, cls, checksum, (relpath,), line))
+            for frame, unit in frame_units(ds, ctx):
+                key = relpath if frame is None else f"{relpath}#frame{frame}"
+                result.records.append(ctx.write(unit, f"dicom:{key}", subject, cls, checksum, (relpath,), line,
+                                                identifiers=identifying_values(ds)))
             return result
         except Rejected as exc:
-            raise Rejected(exc.kind, exc.reason, line) from None
+            raise Rejected(exc.kind, exc.reason, exc.line or line, identifying_values(ds)) from None

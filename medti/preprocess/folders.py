@@ -56,7 +56,7 @@ class FolderSource:
         self.subject_from = cfg.get("subject_from") or "file"
         self.channel_names: list[str] = []
 
-    def plan(self, run_parallel) -> tuple[list, list]:
+    def plan(self, run_parallel, labeler) -> tuple[list, list]:
         from medti.preprocess.records import Reject
 
         items, rejects = [], []

@@ -110,10 +110,7 @@ class Labeler:
             value = keys.get(self.key)
             if value is None or str(value).strip() == "":
                 raise Rejected("no_label", f"the image has no {self.key} to look up in {self.csv_name}")
-            value = str(value).strip()
-            if self.key == "path":
-                value = normalise_path_key(value)
-            hit = self.table.get(value)
+            hit = self._row(value)
             if hit is None:
                 raise Rejected("no_label", f"no row in {self.csv_name} for this image's {self.key}")
             line, raw = hit
@@ -128,6 +125,17 @@ class Labeler:
         if folder_label is not None:
             return self.class_of(folder_label, f"class folder '{folder_label}'", plain=True), None
         raise Rejected("no_label", "the image is in no class folder (put it under <class>/ or give labels.csv)")
+
+    def _row(self, value) -> tuple[int, str] | None:
+        value = str(value).strip()
+        return self.table.get(normalise_path_key(value) if self.key == "path" else value)
+
+    def line_of(self, keys: dict[str, str | None]) -> int | None:
+        """The CSV line of an image with identifiers ``keys``, or None (for inputs rejected before reading,
+        so that their row is not also reported as a label without an image)."""
+        value = keys.get(self.key) if self.from_csv else None
+        hit = self._row(value) if value is not None and str(value).strip() else None
+        return hit[0] if hit else None
 
     def unmatched_rows(self, used_lines: set[int]) -> list[tuple[int, str]]:
         """CSV rows no image matched: (line, the key when it may be shown, else '')."""

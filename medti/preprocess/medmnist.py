@@ -127,7 +127,7 @@ class MedmnistSource:
                 raise InputError(f"{self.file}: {split} has {img[0]} images but {lab[0]} labels")
             self.sizes[split] = img[0]
 
-    def plan(self, run_parallel) -> tuple[list, list]:
+    def plan(self, run_parallel, labeler) -> tuple[list, list]:
         items = [(split, start, min(start + CHUNK, n)) for split, n in self.sizes.items() for start in range(0, n, CHUNK)]
         return items, []
 

@@ -105,7 +105,7 @@ def _call(task):
     try:
         return getattr(_SOURCE, method)(item, _CTX)
     except Rejected as exc:
-        return [Reject(p, exc.kind, exc.reason, exc.line) for p in _item_inputs(_SOURCE, item)]
+        return exc.rejects(_item_inputs(_SOURCE, item))
     except MemoryError:
         raise
     except Exception as exc:  # noqa: BLE001 - a library failing on one odd input must not stop the rest
@@ -208,7 +208,7 @@ def prepare_dataset(params: dict, modality: str, out: str | os.PathLike | None =
                       staging=staging, deid=deid, labeler=labeler)
         fail_fast = settings["on_error"] == "fail"
         with Runner(source, ctx, int(settings["workers"])) as run:
-            items, rejects = source.plan(run)
+            items, rejects = source.plan(run, labeler)
             if fail_fast and rejects:
                 _fail(source.root, rejects[0])
             records: list[ImageRecord] = []
@@ -224,6 +224,7 @@ def prepare_dataset(params: dict, modality: str, out: str | os.PathLike | None =
         rejects += dupes
         if not records:
             raise InputError(_empty_message(source.root, len(items), rejects))
+        _check_every_class(source.root, records, classes)
         summary = _finish(tmp, records, rejects, classes, settings, params.get("seed", 0), modality, cfg, source)
         shutil.rmtree(staging)
         _log_summary(modality, summary)
@@ -245,6 +246,15 @@ def _empty_message(root: Path, n_items: int, rejects: list[Reject]) -> str:
     first = f"; e.g. {rejects[0].path}: {rejects[0].reason}" if rejects else ""
     detail = ", ".join(f"{k} {n}" for k, n in kinds.most_common())
     return f"{root}: no usable images ({n_items} inputs; rejected: {detail or 'none'}{first})"
+
+
+def _check_every_class(root: Path, records: list[ImageRecord], classes: list[str]) -> None:
+    counts = Counter(r.cls for r in records)
+    empty = [c for c in classes if not counts[c]]
+    if empty:
+        found = ", ".join(f"{c} {counts[c]}" for c in classes)
+        raise InputError(f"{root}: no usable images of class {', '.join(repr(c) for c in empty)} ({found}); "
+                         f"every class needs images (check the labels and rejects)")
 
 
 def _label_rows_without_image(labeler: Labeler, records, rejects, root: Path, fail_fast: bool) -> list[Reject]:
@@ -370,12 +380,11 @@ def _samples(tmp: Path, manifest, classes, modality: str, channel_names: list[st
         rows = preferred if len(preferred) >= n else rows
         return [np.asarray(Image.open(tmp / p)) for p in rows.path.head(n)]
 
-    images, labels = [], []
-    for cls in classes:
+    images = []
+    for cls in classes:  # every class has images (checked before), a row of up to SAMPLES_PER_CLASS
         picked = pick(cls, SAMPLES_PER_CLASS)
-        images += picked + [np.zeros_like(picked[0])] * (SAMPLES_PER_CLASS - len(picked)) if picked else []
-        labels.append(cls)
-    image_grid(images, tmp / "samples.png", ncols=SAMPLES_PER_CLASS, row_labels=labels,
+        images += picked + [np.zeros_like(picked[0])] * (SAMPLES_PER_CLASS - len(picked))
+    image_grid(images, tmp / "samples.png", ncols=SAMPLES_PER_CLASS, row_labels=classes,
                suptitle=f"{modality}: prepared samples per class")
     if len(channel_names) == 3:
         cells, titles, row_labels = [], [], []

@@ -13,17 +13,28 @@ from pathlib import Path
 
 import numpy as np
 
-from medti.deid import Deidentifier
+from medti.deid import Deidentifier, redact_path
 
 
 class Rejected(Exception):
-    """One input cannot be used; ``kind`` is a short category, the message a one-line reason."""
+    """One input cannot be used; ``kind`` is a short category, the message a one-line reason.
 
-    def __init__(self, kind: str, reason: str, line: int | None = None):
+    ``line`` is the labels CSV line the input matched; ``identifiers`` are identifying header values of the
+    input (its PatientID, say), redacted from its path where the reject is listed: folders are often named
+    after them.
+    """
+
+    def __init__(self, kind: str, reason: str, line: int | None = None, identifiers: tuple[str, ...] = ()):
         super().__init__(reason)
         self.kind = kind
         self.reason = reason
         self.line = line
+        self.identifiers = identifiers
+
+    def rejects(self, paths) -> list["Reject"]:
+        """One Reject per input path, identifying header values redacted from the paths."""
+        reason = redact_path(self.reason, self.identifiers)
+        return [Reject(redact_path(p, self.identifiers), self.kind, reason, self.line) for p in paths]
 
 
 @dataclass(frozen=True)
@@ -40,7 +51,7 @@ class ImageRecord:
     subject_id: str
     cls: str
     source_checksum: str
-    inputs: tuple[str, ...]
+    inputs: tuple[str, ...]  # as rejects.csv would list them (identifying header values redacted)
     staged: str          # file name under the staging folder
     line: int | None = None
     split: str | None = None  # an official split the source brings (MedMNIST), else None
@@ -69,14 +80,17 @@ class Context:
     labeler: object
 
     def write(self, unit: np.ndarray, image_key: str, subject_key: str, cls: str, checksum: str,
-              inputs: tuple[str, ...], line: int | None = None, split: str | None = None) -> ImageRecord:
-        """Finish a [0, 1] image, write it as a staged PNG under its de-identified id, return its record."""
+              inputs: tuple[str, ...], line: int | None = None, split: str | None = None,
+              identifiers: tuple[str, ...] = ()) -> ImageRecord:
+        """Finish a [0, 1] image, write it as a staged PNG under its de-identified id, return its record
+        (``identifiers``: the source's identifying header values, never to be shown in its input paths)."""
         from medti.preprocess.imaging import finish, save_png
 
         image_id = self.deid.image(image_key)
         staged = f"{image_id}.png"
         save_png(finish(unit, self.size, self.fit, self.channels), self.staging / staged)
-        return ImageRecord(image_id, self.deid.subject(subject_key), cls, checksum, inputs, staged, line, split)
+        listed = tuple(redact_path(p, identifiers) for p in inputs)
+        return ImageRecord(image_id, self.deid.subject(subject_key), cls, checksum, listed, staged, line, split)
 
 
 def sha256_hex(data: bytes) -> str:

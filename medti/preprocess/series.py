@@ -49,6 +49,11 @@ def _geometry(ds, frame: int | None):
             None if thickness in (None, "") else float(thickness))
 
 
+def _reject(file: tuple, kind: str, reason: str, line: int | None = None) -> Reject:
+    """The reject of a scanned file ``(relpath, match, number, identifying values)``."""
+    return Rejected(kind, reason, line, file[3]).rejects([file[0]])[0]
+
+
 class DicomSeriesSource:
     kind = "dicom-series"
 
@@ -70,16 +75,18 @@ class DicomSeriesSource:
 
     # -- planning: read every header once (in the worker pool), group studies, assign series --------------
     def scan(self, relpath: str, ctx: Context):
-        """(relpath, group value, match value, series uid, series number) of one file (pixels not read)."""
+        """(relpath, group value, match value, series uid, series number, identifying values) of one file
+        (pixels not read)."""
         ds = dicom.parse((self.root / relpath).read_bytes(), stop_before_pixels=True)
         group = str(ds.get(self.group_by, "") or "").strip()
         if not group:
-            raise Rejected("no_group", f"{self.group_by} is absent or empty, so the file belongs to no study")
+            raise Rejected("no_group", f"{self.group_by} is absent or empty, so the file belongs to no study",
+                           identifiers=dicom.identifying_values(ds))
         number = ds.get("SeriesNumber")
         return (relpath, group, str(ds.get(self.match, "") or ""), str(ds.get("SeriesInstanceUID", "") or relpath),
-                int(number) if number not in (None, "") else 0)
+                int(number) if number not in (None, "") else 0, dicom.identifying_values(ds))
 
-    def plan(self, run_parallel) -> tuple[list, list]:
+    def plan(self, run_parallel, labeler) -> tuple[list, list]:
         files = list_files(self.root, self.exclude)
         rejects: list[Reject] = []
         studies: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
@@ -87,17 +94,17 @@ class DicomSeriesSource:
             if isinstance(out, Reject):
                 rejects.append(out)
             else:
-                relpath, group, match, series_uid, number = out
-                studies[group][series_uid].append((relpath, match, number))
+                relpath, group, match, series_uid, number, identifiers = out
+                studies[group][series_uid].append((relpath, match, number, identifiers))
         items = []
         for group in sorted(studies, key=lambda g: min(f[0] for s in studies[g].values() for f in s)):
-            item, study_rejects = self._assign(studies[group])
+            item, study_rejects = self._assign(studies[group], labeler.line_of({self.group_by: group}))
             rejects.extend(study_rejects)
             if item is not None:
                 items.append(item)
         return items, rejects
 
-    def _assign(self, series: dict[str, list]) -> tuple[tuple | None, list[Reject]]:
+    def _assign(self, series: dict[str, list], line: int | None) -> tuple[tuple | None, list[Reject]]:
         rejects = []
         candidates: dict[int, list] = defaultdict(list)
         masks = []
@@ -110,16 +117,16 @@ class DicomSeriesSource:
                 masks.append(files)
             else:
                 wanted = ", ".join(self.channel_names)
-                rejects += [Reject(f[0], "unmatched_series", f"its {self.match} matches none of the channels ({wanted})")
+                rejects += [_reject(f, "unmatched_series", f"its {self.match} matches none of the channels ({wanted})")
                             for f in files]
         chosen = []
         for i, name in enumerate(self.channel_names):
             # Where a study repeats a sequence, use the series with the most slices (then the later one).
             options = sorted(candidates[i], key=lambda fs: (len(fs), max(f[2] for f in fs)), reverse=True)
             for extra in options[1:]:
-                rejects += [Reject(f[0], "duplicate_series",
-                                   f"another series of the study also matches '{name}' and has more slices "
-                                   f"or a later series number; that one is used") for f in extra]
+                rejects += [_reject(f, "duplicate_series",
+                                    f"another series of the study also matches '{name}' and has more slices "
+                                    f"or a later series number; that one is used") for f in extra]
             chosen.append(options[0] if options else None)
         mask_files = sorted(masks, key=len, reverse=True)[0] if masks else None
         if self.mask is not None and mask_files is None:
@@ -128,7 +135,7 @@ class DicomSeriesSource:
             missing = [name for name, files in zip(self.channel_names, chosen) if files is None]
         if missing:
             used = [f for files in chosen if files for f in files] + (mask_files or [])
-            rejects += [Reject(f[0], "missing_series", f"the study has no series for {', '.join(missing)}")
+            rejects += [_reject(f, "missing_series", f"the study has no series for {', '.join(missing)}", line)
                         for f in used]
             return None, rejects
         item = (tuple(tuple(sorted(f[0] for f in files)) for files in chosen),
@@ -168,16 +175,19 @@ class DicomSeriesSource:
         inputs = tuple(self.inputs(item))
         first_file = channels[0][0]
         header = dicom.parse((self.root / first_file).read_bytes(), stop_before_pixels=True)
-        keys = {k: header.get(k) for k in self.label_keys}
-        tag = ctx.labeler.tag
-        cls, line = ctx.labeler.resolve(keys, tag_value=header.get(tag) if tag else None)
+        identifiers = dicom.identifying_values(header)
+        line = None
         try:
+            keys = {k: header.get(k) for k in self.label_keys}
+            tag = ctx.labeler.tag
+            cls, line = ctx.labeler.resolve(keys, tag_value=header.get(tag) if tag else None)
             subject = subject_key(self.subject_from, first_file, header=header)
             checksums: list[str] = []
             images = [self._volume(files, checksums) for files in channels]
             mask_img = self._volume(mask, checksums) if mask else None
             unit = stacked_unit(images, mask_img, self.slice, ctx.normalise, ctx.percentiles, self.channel_names)
             key = f"series:{self.group_by}:{keys.get(self.group_by)}"
-            return Result([ctx.write(unit, key, subject, cls, combined_checksum(checksums), inputs, line)])
+            return Result([ctx.write(unit, key, subject, cls, combined_checksum(checksums), inputs, line,
+                                     identifiers=identifiers)])
         except Rejected as exc:
-            raise Rejected(exc.kind, exc.reason, line) from None
+            raise Rejected(exc.kind, exc.reason, exc.line or line, identifiers) from None

@@ -127,7 +127,7 @@ def stack_channels(images: list, mask=None, names: list[str] | None = None) -> t
     sitk = _sitk()
     names = names or [f"sequence {i + 1}" for i in range(len(images))]
     ref = sitk.DICOMOrient(images[0], "LPS")
-    stack = [sitk.GetArrayViewFromImage(sitk.Cast(ref, sitk.sitkFloat32)).copy()]
+    stack = [sitk.GetArrayFromImage(sitk.Cast(ref, sitk.sitkFloat32))]  # a copy: a view would outlive the cast image
     for name, img in zip(names[1:], images[1:]):
         moved = sitk.GetArrayFromImage(sitk.Resample(sitk.Cast(img, sitk.sitkFloat32), ref, sitk.Transform(),
                                                      sitk.sitkLinear, float("nan"), sitk.sitkFloat32))
@@ -205,7 +205,7 @@ class VolumeSource:
         rel = pattern.replace("*", case)
         return rel if "/" in pattern else (Path(first).parent / rel).as_posix()
 
-    def plan(self, run_parallel) -> tuple[list, list]:
+    def plan(self, run_parallel, labeler) -> tuple[list, list]:
         from medti.preprocess.records import Reject
 
         files = list_files(self.root, self.exclude)
@@ -226,10 +226,11 @@ class VolumeSource:
                     missing.append(self.mask)
                 used.update(p for p in paths + [mask] if p in present)
                 if missing:
+                    line = labeler.line_of({"path": rel, "case": case})
                     for path in paths + [mask]:
                         if path in present:
                             rejects.append(Reject(path, "missing_sequence",
-                                                  f"case has no file for {', '.join(missing)}"))
+                                                  f"case has no file for {', '.join(missing)}", line))
                     continue
                 items.append((case, tuple(paths), mask))
         else:
@@ -243,7 +244,8 @@ class VolumeSource:
                 mask = self._resolve(self.mask, case, rel) if self.mask else None
                 used.add(rel)
                 if mask is not None and mask not in present:
-                    rejects.append(Reject(rel, "missing_sequence", f"case has no mask file {self.mask}"))
+                    rejects.append(Reject(rel, "missing_sequence", f"case has no mask file {self.mask}",
+                                          labeler.line_of({"path": rel, "case": case})))
                     continue
                 used.add(mask)
                 items.append((case, (rel,), mask))

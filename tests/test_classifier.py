@@ -1,0 +1,132 @@
+"""medti train-classifier: it learns the toy set (and not shuffled labels), binary and multi-class, keeps the
+weights of the best validation AUROC, tests on the real test split only, and refuses bad input in one line."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from classifier_support import fast_settings, toy_params
+from medti.classifier import load_classifier, train_classifier
+from medti.cli import main
+from medti.errors import ConfigError, InputError
+from medti.stats import auc
+from medti.toydata import write_real_set, write_synthetic_set
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    root = tmp_path_factory.mktemp("classifier")
+    real = write_real_set(root / "real", size=32, seed=0)
+    synthetic = write_synthetic_set(root / "synthetic", n_per_class=12, size=32, seed=5)
+    return root, real, synthetic
+
+
+@pytest.fixture(scope="module")
+def mixed_run(toy):
+    """Real + synthetic training images; the run the output checks look at."""
+    root, real, synthetic = toy
+    return train_classifier(real, root / "runs" / "mixed", settings=fast_settings(), synthetic_manifest=synthetic,
+                            real_count=None, synthetic_count=None, seed=0)
+
+
+def test_learns_the_toy_set_but_not_shuffled_labels(toy, tmp_path, mixed_run):
+    root, real, _ = toy
+    shuffled = write_real_set(tmp_path / "shuffled", size=32, seed=0, shuffle_labels=True)  # same images
+    learned = mixed_run.metrics["test_auc"]
+    chance = train_classifier(shuffled, tmp_path / "run", settings=fast_settings(), seed=0).metrics["test_auc"]
+    assert learned > 0.95
+    assert chance < 0.85 and learned - chance > 0.15
+
+
+def test_outputs_model_selection_and_real_test_only(toy, mixed_run):
+    _, real, _ = toy
+    out = mixed_run.out
+    for name in ("model.pt", "model.json", "metrics.json", "predictions.csv", "history.csv", "curves.png", "roc.png",
+                 "confusion.png", "confusion.csv"):
+        assert (out / name).is_file(), name
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["n_real"] == 48 and metrics["n_synthetic"] == 24 and metrics["n_train"] == 72
+    # Tested on the real test split only: exactly its images, with their labels.
+    manifest = pd.read_csv(real)
+    test = manifest[manifest["split"] == "test"]
+    pred = pd.read_csv(out / "predictions.csv")
+    assert sorted(pred["id"]) == sorted(test["path"]) and metrics["n_test"] == len(test)
+    assert dict(zip(pred["id"], pred["label"])) == dict(zip(test["path"], test["label"]))
+    probs = pred[["p_normal", "p_lesion"]].to_numpy()
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+    assert metrics["test_auc"] == pytest.approx(auc(pred["label"], probs), abs=1e-4)
+    # The kept weights are those of the best validation AUROC (ties: the lower validation loss).
+    history = pd.read_csv(out / "history.csv")
+    best = history.sort_values(["val_auc", "val_loss"], ascending=[False, True]).iloc[0]
+    assert metrics["best_step"] == best["step"] and metrics["best_val_auc"] == pytest.approx(best["val_auc"], abs=1e-5)
+    # ... and model.pt holds them: reloaded, it gives the written test predictions.
+    from medti.cnn import predict
+    from medti.imageset import load_images, to_tensor
+
+    net, spec = load_classifier(out)
+    images = to_tensor(load_images([str(real.parent / p) for p in pred["id"]], size=spec.size))
+    np.testing.assert_allclose(predict(net, images).numpy(), probs, atol=1e-5)
+
+
+def test_multiclass(tmp_path):
+    real = write_real_set(tmp_path / "three", classes=("none", "one", "two"), size=32, seed=1,
+                          per_split={"train": 16, "val": 8, "test": 8})
+    result = train_classifier(real, tmp_path / "run", settings=fast_settings(), seed=0)
+    pred = pd.read_csv(result.out / "predictions.csv")
+    assert [c for c in pred.columns if c.startswith("p_")] == ["p_none", "p_one", "p_two"]
+    assert result.metrics["test_auc"] > 0.6  # one-vs-rest macro AUC; chance is 0.5
+    confusion = pd.read_csv(result.out / "confusion.csv", index_col=0)
+    assert confusion.shape == (3, 3) and confusion.to_numpy().sum() == 24
+
+
+def test_pipeline_form_reads_the_condition_from_params(toy, tmp_path):
+    _, real, synthetic = toy
+    params = toy_params(tmp_path)
+    out = tmp_path / "results" / "real" / "seed1"
+    rc = main(["train-classifier", "--params", str(params), "--modality", "toy", "--condition",
+               "real", "--seed", "1", "--real", str(real), "--synthetic", str(synthetic), "--out", str(out), "-q"])
+    assert rc == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["n_synthetic"] == 0 and metrics["n_real"] == 48 and metrics["steps"] == 30 and metrics["seed"] == 1
+
+
+def _one_line_error(capsys, argv) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("medti: error: ") and "\n" not in err and "Traceback" not in err
+    return err
+
+
+def test_bad_input_is_one_clear_line(toy, tmp_path, capsys):
+    _, real, synthetic = toy
+    manifest = pd.read_csv(real)
+    # A split with one class: no AUC.
+    one_class = real.parent / "one_class.csv"
+    manifest[~((manifest["split"] == "test") & (manifest["label"] == 1))].to_csv(one_class, index=False)
+    err = _one_line_error(capsys, ["train-classifier", "--real", str(one_class), "--out", str(tmp_path / "a")])
+    assert "test split" in err and "labels [1] have no images" in err
+    # Synthetic classes that differ from the real ones.
+    other = pd.read_csv(synthetic)
+    other["class"] = other["class"].replace({"lesion": "tumour"})
+    relabelled = synthetic.parent / "relabelled.csv"
+    other.to_csv(relabelled, index=False)
+    err = _one_line_error(capsys, ["train-classifier", "--real", str(real), "--synthetic", str(relabelled),
+                                   "--out", str(tmp_path / "b")])
+    assert "relabelled.csv" in err and "label set" in err and "tumour" in err
+    # Counts the data cannot meet.
+    err = _one_line_error(capsys, ["train-classifier", "--real", str(real), "--real-count", "500", "--out",
+                                   str(tmp_path / "c")])
+    assert "asks for 500 images, only 48 are available" in err
+    with pytest.raises(ConfigError, match="no training images"):
+        train_classifier(real, tmp_path / "d", settings=fast_settings(), real_count=0, synthetic_count=0)
+    with pytest.raises(ConfigError, match="no condition 'nope'"):
+        from medti.classifier_data import condition_counts
+
+        condition_counts({"classifier": {"conditions": {"real": {"real": "all", "synthetic": 0}}}}, "nope")
+    with pytest.raises(InputError, match="manifest not found"):
+        train_classifier(tmp_path / "missing.csv", tmp_path / "e", settings=fast_settings())
+    assert not any((tmp_path / n).exists() for n in "abcde")  # nothing half-written
