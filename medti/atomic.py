@@ -35,6 +35,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         yield tmp
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes owner-only files; outputs are shared like any other
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -106,14 +107,19 @@ def save_figure(fig, path: str | os.PathLike, dpi: int = 120) -> None:
     plt.close(fig)
 
 
-def sweep_stale_temporaries(folder: str | os.PathLike) -> int:
-    """Remove temporaries left in ``folder`` by a killed run (SIGKILL skips the cleanup above)."""
+def sweep_stale_temporaries(folder: str | os.PathLike, name: str | None = None) -> int:
+    """Remove temporaries left in ``folder`` by a killed run (SIGKILL skips the cleanup above).
+
+    ``name``: only those of the output ``folder/name``, so that a job does not remove the temporaries that a
+    parallel job writing a sibling output (another seed, another modality) is filling right now.
+    """
     n = 0
     folder = Path(folder)
     if not folder.is_dir():
         return 0
+    prefix = f".{name}." if name is not None else "."
     for p in folder.iterdir():
-        if p.name.startswith(".") and (p.name.endswith(".tmp") or ".tmp." in p.name or p.name.endswith(".old")):
+        if p.name.startswith(prefix) and (p.name.endswith(".tmp") or ".tmp." in p.name or p.name.endswith(".old")):
             shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
             n += 1
     return n

@@ -273,7 +273,7 @@ def train_classifier(real_manifest, out, *, settings: ClassifierSettings | None 
 
     settings = (settings or ClassifierSettings()).validate()
     out = Path(out)
-    sweep_stale_temporaries(out.parent)
+    sweep_stale_temporaries(out.parent, name=out.name)
     if threads:
         torch.set_num_threads(int(threads))
     setting = f"params.yaml: classifier.conditions.{condition}" if condition else "train-classifier"

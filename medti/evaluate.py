@@ -15,21 +15,25 @@ results/evaluate/M``. The conditions and seeds are params.yaml's ``classifier.co
    distance as the yardstick; the Inception FID/KID too when torch-fidelity and its weights are there.
 3. Memorisation audit: for every synthetic image its nearest real training image, by pixel correlation
    (grey, ``memorisation.size`` px) and by cosine similarity of the classifier's features; near-copies (a
-   pixel correlation at or above ``memorisation.threshold``) are flagged. The real test images' nearest
-   training images give the yardstick: how alike two different real images are.
+   pixel correlation at or above ``memorisation.threshold``) are flagged, and so are those closer to a
+   training image than any real test image of their class is: the real test images' nearest training
+   images are the yardstick of how alike two different real images of this data set are.
 
 Outputs (the folder appears whole or not at all):
 
-- metrics.json: DVC metrics: per condition ``auc_mean, auc_std, ci_low, ci_high, n_seeds`` (and
+- metrics.json (or ``--metrics FILE``): DVC metrics: per condition ``auc_mean, auc_std, ci_low, ci_high, n_seeds`` (and
   ``auc_diff_vs_<ref>, p_value_vs_<ref>`` (paired bootstrap), ``p_delong_vs_<ref>``), ``quality`` and
   ``memorisation`` summaries;
-- roc.csv: DVC plot data, long format ``condition, seed, fpr, tpr`` (one curve per run);
+- roc.csv (or ``--roc FILE``): DVC plot data, long format ``condition, seed, fpr, tpr`` (one curve per run);
 - evaluate.json: everything above in full, with the inputs' checksums (read by ``medti report``);
 - auc_table.csv (one row per condition), auc_seeds.csv (one row per run);
 - roc.png (mean ROC per condition, +- one standard deviation over seeds), confusion.png and confusion.csv
   (test predictions of all seeds of a condition added up);
 - memorisation.csv (one row per synthetic image), memorisation_pairs.png (the closest pairs),
-  memorisation_similarity.png (the similarity distributions per class, with the real yardstick).
+  memorisation_similarity.png and memorisation_features.png (the similarity distributions per class, pixels
+  and features, with the real yardstick).
+
+MLflow (one ``evaluate`` run per modality): the settings, every number of metrics.json, and the files above.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -398,7 +403,7 @@ def memorisation_figures(table: pd.DataFrame, audit: dict, images: dict[str, np.
         bottom.append(images["real_train"][train_pos[row["nearest_pixel"]]])
         top_titles.append(f"{row['class']}  r={row['pixel_similarity']:.3f}" + ("\nNEAR-COPY" if row["near_copy"] else ""))
         bottom_titles.append(f"{row['nearest_pixel_class']}"
-                             + (" (embedding's)" if row["nearest_pixel_trained_embedding"] else ""))
+                             + (" (a TI training image)" if row["nearest_pixel_trained_embedding"] else ""))
     n = len(order)
     flagged = int(table["near_copy"].sum())
     image_grid(top + bottom, folder / "memorisation_pairs.png", ncols=n, titles=top_titles + bottom_titles,
@@ -491,9 +496,12 @@ def _json_safe(obj):
 
 def evaluate(classifiers, real_manifest, out, *, synthetic_manifest=None, embeddings=None, modality: str | None = None,
              classes: list[str] | None = None, conditions: list[str] | None = None, seeds: list[int] | None = None,
-             settings: EvaluateSettings | None = None, params: dict | None = None) -> EvaluateResult:
+             settings: EvaluateSettings | None = None, params: dict | None = None,
+             metrics_file=None, roc_file=None) -> EvaluateResult:
     """Evaluate one modality's classifier runs and synthetic set; write the folder ``out`` (see the module
-    docstring). ``conditions``/``seeds``: the runs to expect (None: the folders found)."""
+    docstring). ``conditions``/``seeds``: the runs to expect (None: the folders found). ``metrics_file`` and
+    ``roc_file`` put metrics.json and roc.csv elsewhere than ``out`` (DVC declares them as metrics and plots,
+    which may not lie inside another output)."""
     from medti.atomic import atomic_dir, sweep_stale_temporaries, write_json, write_text
     from medti.checksums import dvc_md5
     from medti.classifier import load_classifier
@@ -506,7 +514,7 @@ def evaluate(classifiers, real_manifest, out, *, synthetic_manifest=None, embedd
 
     settings = (settings or EvaluateSettings()).validate()
     real_manifest, out = Path(real_manifest), Path(out)
-    sweep_stale_temporaries(out.parent)
+    sweep_stale_temporaries(out.parent, name=out.name)
     real = read_rows(real_manifest, modality)
     classes = task_classes(real, str(real_manifest), classes)
     k = len(classes)
@@ -617,6 +625,10 @@ def evaluate(classifiers, real_manifest, out, *, synthetic_manifest=None, embedd
                 write_text(tmp / "memorisation.csv", csv(memo_table))
                 memorisation_figures(memo_table, audit, images, splits["train"], classes, settings.top_k,
                                      tmp, title)
+            for name, target in (("metrics.json", metrics_file), ("roc.csv", roc_file)):
+                if target is not None:  # moved out last, so a failure before this point leaves neither
+                    Path(target).parent.mkdir(parents=True, exist_ok=True)
+                    os.replace(tmp / name, target)
         tracker.log_metrics(_flat_metrics(metrics))
         for name in sorted(p.name for p in out.iterdir()):
             tracker.log_artifact(out / name)
@@ -639,7 +651,7 @@ def _flat_metrics(metrics: dict, prefix: str = "") -> dict[str, float]:
 
 
 def evaluate_from_params(params: dict, modality: str, classifiers, real_manifest, synthetic_manifest, embeddings, out,
-                         **overrides) -> EvaluateResult:
+                         metrics_file=None, roc_file=None, **overrides) -> EvaluateResult:
     """The pipeline form: the runs are params.yaml's conditions x seeds; settings from ``evaluate``."""
     from medti.config import modality as modality_of, stage
 
@@ -649,7 +661,8 @@ def evaluate_from_params(params: dict, modality: str, classifiers, real_manifest
     clf = params.get("classifier") or {}
     return evaluate(classifiers, real_manifest, out, synthetic_manifest=synthetic_manifest, embeddings=embeddings,
                     modality=modality, classes=classes, conditions=list(clf.get("conditions") or {}) or None,
-                    seeds=[int(s) for s in clf.get("seeds") or []] or None, settings=settings, params=params)
+                    seeds=[int(s) for s in clf.get("seeds") or []] or None, settings=settings, params=params,
+                    metrics_file=metrics_file, roc_file=roc_file)
 
 
 # -- CLI -----------------------------------------------------------------------------------------------------
@@ -665,6 +678,8 @@ def add_parser(sub) -> None:
     io.add_argument("--synthetic", metavar="MANIFEST", help="the synthetic manifest (quality and memorisation)")
     io.add_argument("--embeddings", metavar="DIR", help="the modality's embeddings, <class>.safetensors (checksums)")
     io.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    io.add_argument("--metrics", metavar="FILE", help="write metrics.json here instead of into --out")
+    io.add_argument("--roc", metavar="FILE", help="write roc.csv (ROC plot data) here instead of into --out")
     io.add_argument("--modality", help="the modality (its classes come from params.yaml)")
     s = p.add_argument_group("settings (default: params.yaml evaluate, else the schema's defaults)")
     s.add_argument("--conditions", help="comma-separated conditions to expect (default: params.yaml's, else found)")
@@ -694,12 +709,12 @@ def run(args) -> int:
     conditions = _csv_list(args.conditions)
     if params is not None and args.modality and conditions is None and seeds is None:
         evaluate_from_params(params, args.modality, args.classifiers, args.real, args.synthetic, args.embeddings,
-                             args.out, **overrides)
+                             args.out, metrics_file=args.metrics, roc_file=args.roc, **overrides)
         return 0
     section = stage(params, "evaluate", args.modality) if params else {}
     settings = EvaluateSettings.from_section(section, seed=int(params.get("seed", 0)) if params else 0, **overrides)
     classes = params["modalities"][args.modality]["classes"] if params and args.modality else None
     evaluate(args.classifiers, args.real, args.out, synthetic_manifest=args.synthetic, embeddings=args.embeddings,
              modality=args.modality, classes=classes, conditions=conditions, seeds=seeds, settings=settings,
-             params=params)
+             params=params, metrics_file=args.metrics, roc_file=args.roc)
     return 0

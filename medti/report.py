@@ -500,7 +500,7 @@ def build_report(evaluate_dir, prepared_dir, out, *, synthetic_dir=None, train_r
     evaluate_dir, prepared_dir, out = Path(evaluate_dir), Path(prepared_dir), Path(out)
     synthetic_dir = Path(synthetic_dir) if synthetic_dir is not None else None
     train_reports_dir = Path(train_reports_dir) if train_reports_dir is not None else None
-    sweep_stale_temporaries(out.parent)
+    sweep_stale_temporaries(out.parent, name=out.name)
     section = (params or {}).get("report") or {}
     n = int(samples_per_class or section.get("samples_per_class", 4))
     names = modalities or find_modalities(evaluate_dir, params)

@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import shutil
 import time
 from pathlib import Path
 
@@ -49,7 +47,7 @@ def _architecture():
         name="concept",
         resolution=RESOLUTION,
         text=dict(tiny.text),
-        unet=dict(sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=[32, 64],
+        unet=dict(sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=[32, 48],
                   norm_num_groups=8, cross_attention_dim=tiny.text["hidden_size"], attention_head_dim=8,
                   down_block_types=["CrossAttnDownBlock2D", "DownBlock2D"],
                   up_block_types=["UpBlock2D", "CrossAttnUpBlock2D"]),

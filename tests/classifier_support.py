@@ -118,3 +118,13 @@ def toy_params(root: Path) -> Path:
     path = root / "params.yaml"
     path.write_text(yaml.safe_dump(params, sort_keys=False))
     return path
+
+
+def one_line_error(capsys, argv: list[str]) -> str:
+    """Run ``medti argv``; assert it fails with exit status 2 and one error line, and return that line."""
+    from medti.cli import main
+
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("medti: error: ") and "\n" not in err and "Traceback" not in err
+    return err

@@ -41,11 +41,11 @@ def write_labels(path: Path, key: str, rows) -> Path:
 
 
 def run_prepare(tmp_path: Path, source: dict, classes=("a", "b"), out: str = "out", workers: int = 1,
-                on_error: str | None = None, **settings):
+                on_error: str | None = None, seed: int = 0, **settings):
     """``prepare_source`` with the de-identification salt kept under ``tmp_path`` (never the repository)."""
     settings.setdefault("split", THIRDS)
     return prepare_source(source, list(classes), tmp_path / out, settings=settings, workers=workers,
-                          on_error=on_error, root=tmp_path)
+                          on_error=on_error, seed=seed, root=tmp_path)
 
 
 def manifest(out: Path) -> pd.DataFrame:

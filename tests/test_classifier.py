@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from classifier_support import fast_settings, toy_params
+from classifier_support import fast_settings, one_line_error, toy_params
 from medti.classifier import load_classifier, train_classifier
 from medti.cli import main
 from medti.errors import ConfigError, InputError
@@ -94,31 +94,24 @@ def test_pipeline_form_reads_the_condition_from_params(toy, tmp_path):
     assert metrics["n_synthetic"] == 0 and metrics["n_real"] == 48 and metrics["steps"] == 30 and metrics["seed"] == 1
 
 
-def _one_line_error(capsys, argv) -> str:
-    assert main(argv) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("medti: error: ") and "\n" not in err and "Traceback" not in err
-    return err
-
-
 def test_bad_input_is_one_clear_line(toy, tmp_path, capsys):
     _, real, synthetic = toy
     manifest = pd.read_csv(real)
     # A split with one class: no AUC.
     one_class = real.parent / "one_class.csv"
     manifest[~((manifest["split"] == "test") & (manifest["label"] == 1))].to_csv(one_class, index=False)
-    err = _one_line_error(capsys, ["train-classifier", "--real", str(one_class), "--out", str(tmp_path / "a")])
+    err = one_line_error(capsys, ["train-classifier", "--real", str(one_class), "--out", str(tmp_path / "a")])
     assert "test split" in err and "labels [1] have no images" in err
     # Synthetic classes that differ from the real ones.
     other = pd.read_csv(synthetic)
     other["class"] = other["class"].replace({"lesion": "tumour"})
     relabelled = synthetic.parent / "relabelled.csv"
     other.to_csv(relabelled, index=False)
-    err = _one_line_error(capsys, ["train-classifier", "--real", str(real), "--synthetic", str(relabelled),
+    err = one_line_error(capsys, ["train-classifier", "--real", str(real), "--synthetic", str(relabelled),
                                    "--out", str(tmp_path / "b")])
     assert "relabelled.csv" in err and "label set" in err and "tumour" in err
     # Counts the data cannot meet.
-    err = _one_line_error(capsys, ["train-classifier", "--real", str(real), "--real-count", "500", "--out",
+    err = one_line_error(capsys, ["train-classifier", "--real", str(real), "--real-count", "500", "--out",
                                    str(tmp_path / "c")])
     assert "asks for 500 images, only 48 are available" in err
     with pytest.raises(ConfigError, match="no training images"):

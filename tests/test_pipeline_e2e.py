@@ -9,6 +9,7 @@ The wall-clock time of each run is printed (docs/performance.md records it); it 
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -79,8 +80,9 @@ def test_snakemake_runs_the_default_pipeline_to_a_report(snakemake_project):
         emb = snakemake_project / "embeddings" / entry["modality"] / f"{entry['class']}.safetensors"
         assert emb.is_file() and emb.stat().st_size < 300_000
     for modality in params["modalities"]:
-        metrics = snakemake_project / "results" / "evaluate" / modality / "metrics.json"
-        assert metrics.is_file()
+        metrics = json.loads((snakemake_project / "results" / "evaluate" / f"{modality}.metrics.json").read_text())
+        assert set(params["classifier"]["conditions"]) <= set(metrics)
+        assert (snakemake_project / "results" / "evaluate" / f"{modality}.roc.csv").is_file()
 
 
 def test_a_second_run_does_nothing(snakemake_project):

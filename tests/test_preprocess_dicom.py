@@ -190,7 +190,7 @@ def test_a_real_folder_is_ingested_with_every_problem_listed(mixed):
     assert table.subject_id.nunique() == len(SUBJECT_CLASS)
     kinds = dict(zip(rejects(out).path, rejects(out).kind))
     assert kinds == {"image_dfl.dcm": "no_subject",       # an empty PatientID: the subject is unknown
-                     "rtplan.dcm": "no_pixels", "MR_truncated.dcm": "decode_error", "notes.txt": "not_dicom"}
+                     "rtplan.dcm": "no_pixels", "MR_truncated.dcm": "unreadable", "notes.txt": "not_dicom"}
     for row in table.to_dict("records"):
         img = image(out, row["path"])
         assert img.shape == (32, 32, 3) and img.dtype == np.uint8

@@ -5,8 +5,7 @@ from __future__ import annotations
 import argparse
 
 from medti.cliutils import add_common, load_params_arg
-
-SCHEDULER_NAMES = ["dpmsolver++", "euler_a", "ddim", "pndm", "ddpm"]
+from medti.generate.schedulers import SCHEDULERS
 
 
 def add_parser(sub) -> None:
@@ -84,7 +83,7 @@ def _add_sampling(p: argparse.ArgumentParser) -> None:
     s.add_argument("--base-model", help="tiny, random:<arch>, a local diffusers folder or a hub id")
     s.add_argument("--steps", type=int)
     s.add_argument("--guidance", type=float)
-    s.add_argument("--scheduler", choices=SCHEDULER_NAMES)
+    s.add_argument("--scheduler", choices=list(SCHEDULERS))
     s.add_argument("--negative-prompt")
     s.add_argument("--seed", type=int, help="base seed (image seeds derive from it, the class and the index)")
     s.add_argument("--resolution", type=int, help="pixels (default: the base model's)")

@@ -127,14 +127,20 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9.]+", "_", text).strip("_")[:40] or "row"
 
 
+def _check_request(start, end, combine) -> None:
+    if bool(start) != bool(end):
+        raise ConfigError("a sweep needs both --from and --to")
+    if combine and len(combine) < 2:
+        raise ConfigError(f"combining pathologies needs at least two --combine, got {len(combine)}")
+
+
 def _figures(loaded, start, end, combine, mode, weights, names: dict[str, str] | None = None) -> list[Figure]:
     """The sweep (start -> end) and the combination figures; ``names`` maps prompts to class names."""
+    _check_request(start, end, combine)
     names = names or {}
     label = lambda p: names.get(p, p)  # noqa: E731
     figures = []
-    if start or end:
-        if not (start and end):
-            raise ConfigError("a sweep needs both --from and --to")
+    if start:
         a, b = loaded.resolve(start), loaded.resolve(end)
         name = f"sweep-{_slug(label(a))}-to-{_slug(label(b))}" if names else "sweep"
         how = "composable diffusion" if mode == "noise" else f"{mode} embedding interpolation"
@@ -156,6 +162,7 @@ def interpolate_modality(params: dict, modality: str, embeddings_dir, out, *, ru
 
     cfg = settings(params, modality, "interpolate", **cli)
     check_weights(cfg["weights"])
+    _check_request(start, end, combine)
     loaded = load_modality(params, modality, embeddings_dir, runtime)
     classes = list(loaded.class_prompts)
     names = {loaded.resolve(c): c for c in classes}
@@ -177,6 +184,7 @@ def interpolate_standalone(out, *, start=None, end=None, combine=(), embeddings=
         raise ConfigError("give --from PROMPT --to PROMPT (a sweep) and/or --combine PROMPT --combine PROMPT")
     cfg = settings(params, None, "interpolate", **cli)
     check_weights(cfg["weights"])
+    _check_request(start, end, combine)
     loaded = load_standalone(embeddings, runtime, params)
     figures = _figures(loaded, start, end, list(combine), cfg["mode"], cfg["weights"])
     return _run(params, loaded, figures, out, cfg, "custom")

@@ -24,6 +24,7 @@ from medti.errors import ConfigError
 AND = re.compile(r"\s+AND\s+")
 _NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
 _TRAILING = re.compile(r"^(?P<text>.*?)\s*:\s*(?P<weight>[^\s:]+)\s*$", re.S)
+_DANGLING_AND = re.compile(r"^AND$|^AND\s|\sAND$")
 PLACEHOLDER = re.compile(r"<[^<>|\s]+>")
 BLEND_MODES = ("linear", "slerp")
 
@@ -76,6 +77,11 @@ def parse_weighted_prompt(prompt: str) -> WeightedPrompt:
     terms = []
     for part in parts:
         text, weight = part.strip(), 1.0
+        if _DANGLING_AND.search(text):
+            raise ConfigError(f"prompt '{prompt}': empty sub-prompt around 'AND'")
+        if composable and text.endswith(":"):
+            raise ConfigError(f"prompt '{prompt}': sub-prompt '{text}' ends in ':' without a weight "
+                              "(expected e.g. 'healthy:0.3 AND diseased:0.7')")
         m = _TRAILING.match(text)
         if m:
             raw = m.group("weight")

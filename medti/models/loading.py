@@ -69,7 +69,12 @@ class BaseModel:
 
     def to(self, device, dtype=None):
         for m in (self.text_encoder, self.vae, self.unet):
-            m.to(device=device, dtype=dtype)
+            if m is None:  # the VAE (or its encoder) may have been released after caching latents
+                continue
+            m.to(device=device)
+            # diffusers warns on every .to(dtype=...), so only cast what is in another dtype
+            if dtype is not None and any(p.dtype != dtype for p in m.parameters()):
+                m.to(dtype=dtype)
         return self
 
 

@@ -18,7 +18,7 @@ import numpy as np
 
 from medti.deid import redact
 from medti.preprocess.imaging import Window, normalise
-from medti.preprocess.inputs import list_files, subject_key
+from medti.preprocess.inputs import check_subject_from, list_files, subject_key
 from medti.preprocess.records import Context, Rejected, Result, sha256_hex
 
 LABEL_KEYS = ("path", "SOPInstanceUID", "StudyInstanceUID", "PatientID")
@@ -97,6 +97,7 @@ def parse(data: bytes, stop_before_pixels: bool = False):
         except Exception as exc:  # noqa: BLE001 - any parse failure means a corrupt or truncated file
             raise Rejected("unreadable", f"corrupt or truncated DICOM: the header cannot be parsed "
                                          f"({type(exc).__name__})") from None
+        _check_complete(ds)
         try:
             ds.decode()  # parse every element now, so a damaged header fails here and not later
         except Exception as exc:  # noqa: BLE001
@@ -104,6 +105,18 @@ def parse(data: bytes, stop_before_pixels: bool = False):
                                          f"({type(exc).__name__})") from None
     _ensure_transfer_syntax(ds)
     return ds
+
+
+def _check_complete(ds) -> None:
+    """pydicom stops quietly at the end of the data: a last element shorter than its declared length means
+    the file was cut off (or is garbage after a valid preamble, whose first 'element' claims a random length)."""
+    last = None
+    for last in ds.elements():  # raw elements: nothing is converted here
+        pass
+    length, value = getattr(last, "length", None), getattr(last, "value", None)
+    if isinstance(value, (bytes, bytearray)) and length not in (None, 0xFFFFFFFF) and len(value) < length:
+        raise Rejected("unreadable", f"corrupt or truncated DICOM: the file ends inside element {last.tag} "
+                                     f"({len(value)} of its {length} bytes)")
 
 
 def _parse_without_preamble(data: bytes, stop_before_pixels: bool):
@@ -134,12 +147,16 @@ def _ensure_transfer_syntax(ds) -> None:
 
 
 def check_pixels(ds) -> None:
-    """Reject a dataset without pixel data, or whose transfer syntax no installed decoder handles."""
+    """Reject a dataset without pixel data, with other than 1 or 3 samples per pixel, or whose transfer syntax
+    no installed decoder handles."""
     from pydicom.pixels import get_decoder
 
     if not any(k in ds for k in _PIXEL_KEYWORDS):
         kind = _standard_name(ds.get("SOPClassUID"))
         raise Rejected("no_pixels", f"no pixel data ({'a ' + kind + ' object' if kind else 'not an image'})")
+    samples = ds.get("SamplesPerPixel", 1)
+    if samples not in (1, 3):
+        raise Rejected("bad_channels", f"{samples} samples per pixel; expected 1 (grey) or 3 (colour)")
     ts = ds.file_meta.TransferSyntaxUID
     if not ts.is_transfer_syntax:
         raise Rejected("unsupported_syntax", f"unknown transfer syntax {ts}")
@@ -234,10 +251,8 @@ def grey_unit(values: np.ndarray, ds, window, method: str, percentiles, frame: i
 
 def to_unit(arr: np.ndarray, ds, ctx: Context, frame: int = 0) -> np.ndarray:
     """Decoded pixels -> a [0, 1] image, HxW (grey) or HxWx3 (colour), following the photometric."""
-    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    samples = int(ds.get("SamplesPerPixel", 1) or 1)  # 1 or 3 (check_pixels)
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2") or "MONOCHROME2").strip().upper()
-    if samples not in (1, 3):
-        raise Rejected("bad_channels", f"{samples} samples per pixel; expected 1 (grey) or 3 (colour)")
     if photometric == "PALETTE COLOR":
         from pydicom.pixels import apply_color_lut
 
@@ -280,6 +295,7 @@ class DicomSource:
         self.root = root
         self.exclude = exclude
         self.subject_from = cfg.get("subject_from") or "PatientID"
+        check_subject_from(self.subject_from, ("file", "folder"), dicom=True)
         self.channel_names: list[str] = []
 
     def plan(self, run_parallel, labeler) -> tuple[list, list]:

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from medti.preprocess.imaging import Window, normalise
-from medti.preprocess.inputs import list_files, subject_key
+from medti.preprocess.inputs import check_subject_from, list_files, subject_key
 from medti.preprocess.records import Context, Rejected, Result, sha256_hex
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
@@ -54,6 +54,7 @@ class FolderSource:
         self.root = root
         self.exclude = exclude
         self.subject_from = cfg.get("subject_from") or "file"
+        check_subject_from(self.subject_from, ("file", "folder"), dicom=False)
         self.channel_names: list[str] = []
 
     def plan(self, run_parallel, labeler) -> tuple[list, list]:

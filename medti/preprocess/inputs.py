@@ -24,12 +24,31 @@ def list_files(root: Path, exclude: set[Path] = frozenset()) -> list[str]:
     return out
 
 
-def check_subject_from(value: str, setting: str) -> None:
+def is_dicom_keyword(value: str) -> bool:
+    from pydicom.datadict import tag_for_keyword
+
+    return tag_for_keyword(value) is not None
+
+
+def check_dicom_keyword(value: str, setting: str) -> None:
+    if not is_dicom_keyword(value):
+        raise ConfigError(f"{setting}: '{value}' is not a DICOM attribute keyword (e.g. PatientID)")
+
+
+def check_subject_from(value: str, plain: tuple[str, ...], dicom: bool, setting: str = "source.subject_from") -> None:
+    """A ``subject_from`` setting is one of ``plain``, ``re:<regex>`` or (DICOM sources) a keyword."""
+    if value in plain:
+        return
     if value.startswith("re:"):
         try:
             re.compile(value[3:])
         except re.error as exc:
             raise ConfigError(f"{setting}: not a valid regular expression ({exc})") from None
+        return
+    if dicom and is_dicom_keyword(value):
+        return
+    options = ", ".join(plain) + ", re:<regex>" + (" or a DICOM keyword (PatientID, say)" if dicom else "")
+    raise ConfigError(f"{setting}: '{value}' is not one of {options}")
 
 
 def subject_key(spec: str, relpath: str, header=None, case: str | None = None) -> str:
@@ -50,8 +69,6 @@ def subject_key(spec: str, relpath: str, header=None, case: str | None = None) -
         if not m:
             raise Rejected("no_subject", f"the path does not match subject_from {spec}")
         return f"re:{m.group(1) if m.groups() else m.group(0)}"
-    if header is None:
-        raise ConfigError(f"source.subject_from: '{spec}' needs DICOM input; use file, folder, case or re:<regex>")
     value = str(header.get(spec, "") or "").strip()
     if not value:
         raise Rejected("no_subject", f"{spec} is absent or empty, so the subject is unknown "

@@ -27,8 +27,10 @@ from medti.config import project_root, stage
 from medti.deid import Deidentifier, load_salt
 from medti.errors import ConfigError, InputError
 from medti.preprocess.imaging import window_setting
+from medti.preprocess.inputs import check_dicom_keyword
 from medti.preprocess.labels import Labeler
 from medti.preprocess.records import Context, ImageRecord, Reject, Rejected, Result
+from medti.preprocess.splitting import split_mode
 
 log = logging.getLogger("medti.prepare")
 
@@ -105,6 +107,8 @@ def _call(task):
     try:
         return getattr(_SOURCE, method)(item, _CTX)
     except Rejected as exc:
+        if exc.line is None and isinstance(item, str):  # rejected before its label was looked up
+            exc.line = _CTX.labeler.line_of({"path": item})
         return exc.rejects(_item_inputs(_SOURCE, item))
     except MemoryError:
         raise
@@ -182,6 +186,7 @@ def prepare_dataset(params: dict, modality: str, out: str | os.PathLike | None =
 
     mod = modality_settings(params, modality)
     settings = prepare_settings(params, modality, overrides)
+    split_mode(settings["split"])  # a bad split fails now, not after reading every input
     root = project_root(params)
     out = Path(out) if out is not None else root / settings["out"] / modality
     classes = list(mod["classes"])
@@ -192,6 +197,11 @@ def prepare_dataset(params: dict, modality: str, out: str | os.PathLike | None =
     if settings["channels"] == "grey" and channels == 3:
         raise ConfigError(f"prepare.channels: grey cannot hold the 3-sequence stack of {modality}; use rgb")
     labeler = Labeler(cfg.get("labels"), classes, root, "source.labels", source.label_keys)
+    if labeler.tag:
+        if cfg["type"] != "dicom":
+            raise ConfigError(f"modalities.{modality}.source.labels.tag: only DICOM files have attributes to read "
+                              f"a label from; give labels.csv")
+        check_dicom_keyword(labeler.tag, f"modalities.{modality}.source.labels.tag")
     if cfg["type"] == "dicom" and not (labeler.from_csv or labeler.tag):
         raise ConfigError(f"modalities.{modality}.source.labels: a DICOM source needs labels.csv (with key) or labels.tag")
     if cfg["type"] == "volume" and not labeler.from_csv:

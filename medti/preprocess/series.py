@@ -19,7 +19,7 @@ import numpy as np
 
 from medti.errors import ConfigError
 from medti.preprocess import dicom
-from medti.preprocess.inputs import list_files, subject_key
+from medti.preprocess.inputs import check_dicom_keyword, check_subject_from, list_files, subject_key
 from medti.preprocess.records import Context, Reject, Rejected, Result, combined_checksum, sha256_hex
 from medti.preprocess.volumes import check_slice_settings, stacked_unit, volume_from_slices
 
@@ -70,6 +70,9 @@ class DicomSeriesSource:
         self.mask = _compile(cfg["mask"], "source.mask") if cfg.get("mask") else None
         self.slice = cfg.get("slice") or "middle"
         self.subject_from = cfg.get("subject_from") or "PatientID"
+        check_subject_from(self.subject_from, ("file", "folder"), dicom=True)
+        check_dicom_keyword(self.group_by, "source.series.group_by")
+        check_dicom_keyword(self.match, "source.series.match")
         self.label_keys = tuple(dict.fromkeys((self.group_by, "StudyInstanceUID", "PatientID")))
         check_slice_settings(cfg, self.mask is not None, "source")
 

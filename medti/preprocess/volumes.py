@@ -19,7 +19,7 @@ import numpy as np
 from medti.errors import ConfigError
 from medti.manifest import file_sha256
 from medti.preprocess.imaging import intensity_range, to_unit
-from medti.preprocess.inputs import list_files, subject_key
+from medti.preprocess.inputs import check_subject_from, list_files, subject_key
 from medti.preprocess.records import Context, Rejected, Result, combined_checksum
 
 VOLUME_SUFFIXES = (".mha", ".mhd", ".nii", ".nii.gz", ".nrrd", ".nhdr")
@@ -196,6 +196,7 @@ class VolumeSource:
         self.mask = cfg.get("mask")
         self.slice = cfg.get("slice") or "middle"
         self.subject_from = cfg.get("subject_from") or "folder"
+        check_subject_from(self.subject_from, ("file", "folder", "case"), dicom=False)
         for p in self.patterns + ([self.mask] if self.mask else []):
             _pattern_regex(p)
         check_slice_settings(cfg, bool(self.mask), "source")

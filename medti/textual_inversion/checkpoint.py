@@ -69,10 +69,12 @@ def _tuples(obj):
 
 
 class CheckpointStore:
-    """The checkpoint folder of one embedding."""
+    """The checkpoint folder of one embedding run; ``run_key`` (a ``fingerprint``) is saved with every
+    checkpoint, and only a checkpoint with the same key is resumed."""
 
-    def __init__(self, folder: str | Path):
+    def __init__(self, folder: str | Path, run_key: str):
         self.folder = Path(folder)
+        self.run_key = run_key
 
     @property
     def state_path(self) -> Path:
@@ -96,7 +98,7 @@ class CheckpointStore:
                                 "(its checkpoint folder is locked)") from None
         return lock
 
-    def load(self, expected_fingerprint: str) -> dict | None:
+    def load(self) -> dict | None:
         """The last checkpoint of this same run, or None (no checkpoint, or one from other inputs)."""
         sweep_stale_temporaries(self.folder)
         if not self.state_path.is_file():
@@ -107,15 +109,24 @@ class CheckpointStore:
             log.warning("ignoring unreadable checkpoint %s (%s): starting over", self.state_path,
                         str(exc).splitlines()[0][:120])
             return None
-        if state.get("format") != FORMAT or state.get("fingerprint") != expected_fingerprint:
+        if state.get("format") != FORMAT or state.get("fingerprint") != self.run_key:
             log.warning("checkpoint %s belongs to a run with other settings, base model or images: starting over",
                         self.state_path)
             self.discard()
             return None
         return state
 
+    def saved_step(self) -> int | None:
+        """The step of the checkpoint on disk (None when there is none or it cannot be read)."""
+        if not self.state_path.is_file():
+            return None
+        try:
+            return int(torch.load(str(self.state_path), map_location="cpu", weights_only=True)["step"])
+        except Exception:  # noqa: BLE001 - only used to describe the checkpoint in a message
+            return None
+
     def save(self, state: dict) -> None:
-        state = dict(state, format=FORMAT)
+        state = dict(state, format=FORMAT, fingerprint=self.run_key)
         with atomic_path(self.state_path) as tmp:
             torch.save(state, str(tmp))
 

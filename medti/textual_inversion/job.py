@@ -123,13 +123,13 @@ def train_embedding(images, settings: TrainSettings, *, base_model="tiny", outpu
                           device.type, str(dtype))
     if checkpoint_dir is None and output is not None:
         checkpoint_dir = default_checkpoint_dir(output, params, modality, class_name)
-    store = CheckpointStore(checkpoint_dir) if checkpoint_dir is not None else None
+    store = CheckpointStore(checkpoint_dir, run_key) if checkpoint_dir is not None else None
     lock = store.lock() if store is not None else None
     scratch = None
     try:
         resumed_from = 0
         if store is not None:
-            state = store.load(run_key)
+            state = store.load()
             if state is not None:
                 trainer.load_state_dict(state)
                 resumed_from = trainer.step
@@ -189,10 +189,13 @@ def train_embedding(images, settings: TrainSettings, *, base_model="tiny", outpu
                 log_new_metrics()
                 vectors = trainer.learned_vectors()
             except NonFiniteLoss as exc:
-                kept = (f"the last good checkpoint ({store.state_path}) is kept; resume from it with a lower "
-                        "lr or max_grad_norm" if store is not None and store.state_path.is_file()
+                last = store.saved_step() if store is not None else None
+                kept = (f"the last good checkpoint (step {last}, {store.state_path}) is kept" if last is not None
                         else "no checkpoint was written before it")
-                raise TrainingError(f"{settings.token}: {exc}: training stopped; {kept}") from None
+                raise TrainingError(
+                    f"{settings.token}: {exc}: training stopped and wrote nothing; {kept}. The same settings "
+                    "fail the same way: lower lr or set max_grad_norm (changed settings start a new run)"
+                ) from None
             finally:
                 bar.close()
             validate(settings.steps, "validation_final.png")
@@ -227,13 +230,13 @@ def train_embedding(images, settings: TrainSettings, *, base_model="tiny", outpu
                 "embedding_checksum": embedding.checksum(), "medti_version": __version__,
                 "settings": settings.to_dict(),
             }
-            if report_dir is not None:
-                _write_report(Path(report_dir), trainer.metrics, staging, stats, settings, model.random_weights)
-                tracker.log_artifact(report_dir)
             if output is not None:
                 save_embedding(embedding, output)
                 stats["embedding_bytes"] = Path(output).stat().st_size
                 tracker.log_artifact(output, "embedding")
+            if report_dir is not None:
+                _write_report(Path(report_dir), trainer.metrics, staging, stats, settings, model.random_weights)
+                tracker.log_artifact(report_dir)
             tracker.log_metrics({k: stats[k] for k in ("loss_first", "loss_last", "train_seconds") if k in stats},
                                 step=settings.steps)
     finally:

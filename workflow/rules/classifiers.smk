@@ -32,7 +32,9 @@ rule evaluate:
         synthetic=f"{OUT['synthetic']}/{{modality}}",
         embeddings=lambda wc: expand(f"{OUT['embeddings']}/{wc.modality}/{{cls}}.safetensors", cls=classes(wc.modality)),
     output:
-        directory(f"{OUT['evaluate']}/{{modality}}"),
+        details=directory(f"{OUT['evaluate']}/{{modality}}"),
+        metrics=f"{OUT['evaluate']}/{{modality}}.metrics.json",
+        roc=f"{OUT['evaluate']}/{{modality}}.roc.csv",
     params:
         settings=settings("evaluate", "classifier"),
         classifiers=parent_of("classifiers", levels=2),
@@ -47,4 +49,5 @@ rule evaluate:
     shell:
         "medti evaluate --params params.yaml --modality {wildcards.modality} --classifiers {params.classifiers}"
         " --real {input.prepared}/manifest.csv --synthetic {input.synthetic}/manifest.csv"
-        " --embeddings {params.embeddings} --out {output} --log {log}"
+        " --embeddings {params.embeddings} --out {output.details} --metrics {output.metrics} --roc {output.roc}"
+        " --log {log}"

@@ -1,0 +1,245 @@
+"""``medti bench ingest``: files/s and peak memory of ingestion (``medti prepare``) on many small DICOMs.
+
+Writes ``--files`` single-frame 16-bit DICOMs of ``--size`` pixels (a few per subject, a window in the header,
+labels in a CSV keyed by path) into a temporary folder, then ingests them with ``--workers`` processes in a
+fresh Python process (so the figures are the ingestion's own), sampling the memory of that process and its
+workers every 50 ms. Ingestion streams: each worker writes its PNGs as it goes and returns metadata only, so
+peak memory stays flat as the number of files grows (compare ``--files 2500`` with ``--files 10000``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+CLASSES = ["normal", "opacity"]
+
+
+def add_bench_parser(bsub) -> None:
+    from medti.cliutils import add_common
+
+    p = add_common(bsub.add_parser("ingest", help="files/s and peak memory of ingesting many small DICOMs",
+                                   description=__doc__.split("\n\n")[0]), params=False)
+    p.add_argument("--files", type=int, default=10_000, help="DICOM files to write and ingest (default 10000)")
+    p.add_argument("--size", type=int, default=64, help="rows and columns of each DICOM (default 64)")
+    p.add_argument("--out-size", type=int, default=64, help="output PNG size, as prepare.size (default 64)")
+    p.add_argument("--per-subject", type=int, default=4, help="images per subject (default 4)")
+    p.add_argument("--workers", type=int, default=None, help="ingestion worker processes (default: all cores)")
+    p.add_argument("--dir", default=None, help="folder for the temporary data (default: the system's temp)")
+    p.add_argument("--keep", action="store_true", help="keep the generated DICOMs and the prepared output")
+    p.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
+    p.set_defaults(func=_bench)
+
+
+def _bench(args) -> int:
+    from medti.errors import ConfigError
+    from medti.generate.bench import machine
+
+    if args.files < 6 * args.per_subject or args.size < 8 or args.per_subject < 1:
+        raise ConfigError("--files must be at least 6 x --per-subject, --size at least 8, --per-subject at least 1")
+    workers = args.workers or os.cpu_count() or 1
+    work = Path(tempfile.mkdtemp(prefix="medti-bench-ingest-", dir=args.dir))
+    try:
+        start = time.perf_counter()
+        write_bench_dicoms(work / "dicom", args.files, args.size, args.per_subject)
+        write_seconds = time.perf_counter() - start
+        config = {"input": str(work / "dicom"), "out": str(work / "prepared"), "workers": workers,
+                  "out_size": args.out_size, "root": str(work)}
+        result = _run_ingestion(config)
+    finally:
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+    summary = {"files": args.files, "size": args.size, "per_subject": args.per_subject, "workers": workers,
+               "write_seconds": write_seconds, "machine": machine(), **result}
+    if args.keep:
+        summary["kept"] = str(work)
+    print(report(summary))
+    if args.json:
+        from medti.atomic import write_json
+
+        write_json(args.json, summary)
+    return 0
+
+
+# -- the input: many small DICOMs, written fast from one template ------------------------------------------------
+def write_bench_dicoms(folder: Path, n: int, size: int, per_subject: int, seed: int = 0) -> None:
+    """``n`` DICOM files ``s<subject>/i<k>.dcm`` and ``labels.csv`` (path, label) in ``folder``.
+
+    pydicom encodes one template; each file is that template with its own pixels, SOPInstanceUID and
+    PatientID patched in at fixed offsets (same lengths), so writing 10,000 files takes seconds.
+    """
+    import numpy as np
+
+    folder.mkdir(parents=True, exist_ok=True)
+    template, offsets = _template(size)
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size]
+    base = (1200 + 900 * np.exp(-((yy - size / 2) ** 2 + (xx - size / 2) ** 2) / (size * size / 8))).astype(np.int32)
+    rows = []
+    for i in range(n):
+        subject = i // per_subject
+        rel = f"s{subject:06d}/i{i % per_subject}.dcm"
+        pixels = np.clip(base + rng.integers(-300, 300, (size, size)), 0, 4095).astype("<u2")
+        data = bytearray(template)
+        data[offsets["pixels"]:] = pixels.tobytes()
+        data[offsets["uid"]:offsets["uid"] + 43] = f"2.25.1{i:037d}".encode()
+        data[offsets["patient"]:offsets["patient"] + 13] = f"BENCH{subject:08d}".encode()
+        path = folder / rel
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(data)
+        rows.append(f"{rel},{CLASSES[subject % 2]}\n")
+    (folder / "labels.csv").write_text("path,label\n" + "".join(rows), encoding="utf-8")
+
+
+def _template(size: int) -> tuple[bytes, dict[str, int]]:
+    import io
+
+    import numpy as np
+    from pydicom import dcmwrite
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    uid, patient = "2.25.1" + "0" * 37, "BENCH" + "0" * 8
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"  # digital X-ray
+    meta.MediaStorageSOPInstanceUID = "2.25.7"
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, uid
+    ds.Modality, ds.PatientID, ds.PatientName = "DX", patient, "Bench^Patient"
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = "2.25.8", "2.25.9"
+    ds.Rows = ds.Columns = size
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.WindowCenter, ds.WindowWidth = "1800", "2400"
+    ds.PixelData = np.zeros((size, size), "<u2").tobytes()
+    buffer = io.BytesIO()
+    dcmwrite(buffer, ds, enforce_file_format=True)
+    data = buffer.getvalue()
+    offsets = {"pixels": len(data) - size * size * 2, "uid": data.rindex(uid.encode()),
+               "patient": data.index(patient.encode())}
+    return data, offsets
+
+
+# -- the ingestion, in its own process -------------------------------------------------------------------------
+def _run_ingestion(config: dict) -> dict:
+    from medti.errors import MedtiError
+
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}  # nothing to track here
+    cmd = [sys.executable, "-m", "medti.preprocess.bench", json.dumps(config)]
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=None, text=True, env=env)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        raise MedtiError(f"bench ingest: the ingestion process failed (exit status {proc.returncode})")
+    return json.loads(lines[-1])
+
+
+class MemorySampler(threading.Thread):
+    """Peak memory of this process and its children, sampled every ``interval`` seconds: the largest RSS of
+    any one of them, and the peak over time of their summed RSS and summed PSS (PSS shares pages that forked
+    workers have in common among them, so its sum is the real footprint; summed RSS counts them again)."""
+
+    def __init__(self, interval: float = 0.05):
+        super().__init__(daemon=True)
+        import psutil
+
+        self.root = psutil.Process()
+        self.interval = interval
+        self.peak = {"rss_main_mb": 0.0, "rss_worker_mb": 0.0, "rss_sum_mb": 0.0, "pss_sum_mb": 0.0}
+        self.workers_seen = 0
+        self._done = threading.Event()
+
+    def sample(self) -> None:
+        import psutil
+
+        try:
+            children = self.root.children(recursive=True)
+        except psutil.Error:
+            children = []
+        self.workers_seen = max(self.workers_seen, len(children))
+        rss, pss = [], []
+        for proc in [self.root, *children]:
+            try:
+                info = proc.memory_full_info()
+            except psutil.Error:
+                continue
+            rss.append(info.rss / 2**20)
+            pss.append(getattr(info, "pss", info.rss) / 2**20)
+        if not rss:
+            return
+        peak = self.peak
+        peak["rss_main_mb"] = max(peak["rss_main_mb"], rss[0])
+        peak["rss_worker_mb"] = max([peak["rss_worker_mb"], *rss[1:]])
+        peak["rss_sum_mb"] = max(peak["rss_sum_mb"], sum(rss))
+        peak["pss_sum_mb"] = max(peak["pss_sum_mb"], sum(pss))
+
+    def run(self) -> None:
+        while not self._done.wait(self.interval):
+            self.sample()
+
+    def stop(self) -> dict:
+        self._done.set()
+        self.join()
+        self.sample()
+        return dict(self.peak, workers_seen=self.workers_seen)
+
+
+def ingest(config: dict) -> dict:
+    """Ingest the benchmark folder as ``medti prepare`` does, timing it and sampling memory."""
+    import psutil
+
+    from medti.preprocess import prepare_source
+
+    source = {"type": "dicom", "path": config["input"],
+              "labels": {"csv": str(Path(config["input"]) / "labels.csv"), "key": "path"}}
+    settings = {"size": config["out_size"], "ti_per_class": 100, "split": {"train": 0.5, "val": 0.25, "test": 0.25}}
+    baseline_mb = psutil.Process().memory_info().rss / 2**20
+    sampler = MemorySampler()
+    sampler.start()
+    start = time.perf_counter()
+    try:
+        result = prepare_source(source, CLASSES, config["out"], settings=settings, workers=config["workers"],
+                                root=config["root"])
+    finally:
+        seconds = time.perf_counter() - start
+        memory = sampler.stop()
+    return {"seconds": seconds, "images": result.images, "rejected": result.rejected,
+            "files_per_s": (result.images + result.rejected) / seconds, "baseline_rss_mb": baseline_mb, **memory}
+
+
+def report(s: dict) -> str:
+    m = s["machine"]
+    return "\n".join([
+        f"ingestion benchmark: {s['files']} DICOM files of {s['size']}x{s['size']} px ({s['per_subject']} per subject), "
+        f"{s['workers']} workers",
+        f"machine: {m['cpu']} ({m['cores']} CPU cores)",
+        f"written in {s['write_seconds']:.1f} s; ingested {s['images']} images ({s['rejected']} rejected) in "
+        f"{s['seconds']:.1f} s: {s['files_per_s']:.0f} files/s",
+        f"peak memory: ingestion process {s['rss_main_mb']:.0f} MB RSS (at start {s['baseline_rss_mb']:.0f} MB), "
+        f"largest worker {s['rss_worker_mb']:.0f} MB RSS; all {1 + s['workers_seen']} processes together "
+        f"{s['pss_sum_mb']:.0f} MB PSS ({s['rss_sum_mb']:.0f} MB summed RSS)",
+    ] + ([f"kept: {s['kept']}"] if s.get("kept") else []))
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description="the ingestion side of medti bench ingest (internal)")
+    parser.add_argument("config")
+    args = parser.parse_args(argv)
+    from medti.logs import setup_logging
+
+    setup_logging(quiet=True)
+    print(json.dumps(ingest(json.loads(args.config))), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

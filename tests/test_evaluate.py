@@ -1,0 +1,231 @@
+"""medti evaluate on a small real experiment (toy images, trained classifiers, TI embeddings): the AUC table and
+its statistics, ROC data for DVC, image quality in the classifier's feature space, the memorisation audit
+(a planted copy is flagged), MLflow tracking, and bad input as one clear line."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from classifier_support import CLASSES, CONDITIONS, MODALITY, SEEDS, build_toy_experiment, one_line_error, toy_params
+from medti.cli import main
+from medti.errors import ConfigError, InputError
+from medti.evaluate import EvaluateSettings, evaluate, memorisation_audit, pixel_vectors, unit_rows
+from medti.stats import auc
+
+SETTINGS = EvaluateSettings(bootstrap=200, kid_subsets=10, top_k=4)
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory, tiny_model_dir):
+    return build_toy_experiment(tmp_path_factory.getbasetemp() / "toy_experiment")
+
+
+@pytest.fixture(scope="module")
+def evaluated(toy, tmp_path_factory):
+    out = tmp_path_factory.mktemp("evaluate") / MODALITY
+    evaluate(toy.classifiers, toy.real, out, synthetic_manifest=toy.synthetic, embeddings=toy.embeddings,
+             modality=MODALITY, classes=list(CLASSES), conditions=list(CONDITIONS), seeds=list(SEEDS), settings=SETTINGS)
+    return out
+
+
+def test_writes_every_output(evaluated):
+    for name in ("metrics.json", "evaluate.json", "roc.csv", "auc_table.csv", "auc_seeds.csv", "roc.png",
+                 "confusion.png", "confusion.csv", "memorisation.csv", "memorisation_pairs.png",
+                 "memorisation_similarity.png", "memorisation_features.png"):
+        assert (evaluated / name).is_file(), name
+        assert (evaluated / name).stat().st_size > 0, name
+    assert not list(evaluated.parent.glob(".*"))  # no temporaries left beside it
+
+
+def test_auc_statistics_agree_with_the_runs(toy, evaluated):
+    metrics = json.loads((evaluated / "metrics.json").read_text())
+    for condition in CONDITIONS:
+        aucs = []
+        for seed in SEEDS:
+            pred = pd.read_csv(toy.classifiers / condition / f"seed{seed}" / "predictions.csv")
+            aucs.append(auc(pred["label"], pred[[f"p_{c}" for c in CLASSES]].to_numpy()))
+        m = metrics[condition]
+        assert m["auc_mean"] == pytest.approx(np.mean(aucs)) and m["auc_std"] == pytest.approx(np.std(aucs, ddof=1))
+        assert m["ci_low"] <= m["auc_mean"] <= m["ci_high"] and m["n_seeds"] == len(SEEDS)
+    other = metrics["real_synthetic"]
+    assert other["auc_diff_vs_real"] == pytest.approx(other["auc_mean"] - metrics["real"]["auc_mean"])
+    assert 0 < other["p_value_vs_real"] <= 1 and 0 <= other["p_delong_vs_real"] <= 1
+    assert "p_value_vs_real" not in metrics["real"]
+    assert metrics["n_test"] == 24
+    # The toy task is learnable: the real-only classifiers are good.
+    assert metrics["real"]["auc_mean"] > 0.9
+    seeds = pd.read_csv(evaluated / "auc_seeds.csv")
+    assert len(seeds) == len(CONDITIONS) * len(SEEDS)
+
+
+def test_roc_data_is_long_format_from_0_to_1(evaluated):
+    roc = pd.read_csv(evaluated / "roc.csv")
+    assert list(roc.columns) == ["condition", "seed", "fpr", "tpr"]
+    assert set(roc["condition"]) == set(CONDITIONS) and set(roc["seed"]) == set(SEEDS)
+    for _, curve in roc.groupby(["condition", "seed"]):
+        assert curve["fpr"].iloc[0] == 0 and curve["tpr"].iloc[0] == 0
+        assert curve["fpr"].iloc[-1] == 1 and curve["tpr"].iloc[-1] == 1
+        assert curve["fpr"].is_monotonic_increasing and curve["tpr"].is_monotonic_increasing
+    confusion = pd.read_csv(evaluated / "confusion.csv")
+    assert confusion.groupby("condition")["count"].sum().to_dict() == {c: 24 * len(SEEDS) for c in CONDITIONS}
+
+
+def test_quality_in_the_classifier_feature_space(evaluated):
+    details = json.loads((evaluated / "evaluate.json").read_text())
+    assert details["feature_classifier"]["condition"] == "real" and details["feature_classifier"]["n_synthetic"] == 0
+    q = details["quality"]["classifier"]
+    assert q["synthetic_vs_real_train"]["fd"] > 0 and q["synthetic_vs_real_train"]["n_a"] == 25
+    assert set(q["per_class"]) == set(CLASSES)
+    try:
+        import torch_fidelity  # noqa: F401
+    except ImportError:
+        assert "torch-fidelity is not installed" in details["quality"]["inception"]["skipped"]
+    metrics = json.loads((evaluated / "metrics.json").read_text())
+    assert metrics["quality"]["classifier_fd"] == pytest.approx(q["synthetic_vs_real_train"]["fd"])
+
+
+def test_memorisation_flags_the_planted_copy_and_nothing_else(toy, evaluated):
+    table = pd.read_csv(evaluated / "memorisation.csv")
+    assert len(table) == 25  # every synthetic image
+    flagged = table[table["near_copy"]]
+    assert list(flagged["path"]) == [toy.planted]
+    row = flagged.iloc[0]
+    assert row["nearest_pixel"] == toy.planted_source and row["pixel_similarity"] == pytest.approx(1.0)
+    assert row["nearest_feature"] == toy.planted_source and row["closer_than_real_test"]
+    assert row["embedding"] == f"<{MODALITY}-lesion>"
+    assert table.loc[~table["near_copy"], "pixel_similarity"].max() < 0.95
+    details = json.loads((evaluated / "evaluate.json").read_text())
+    audit = details["memorisation"]
+    assert audit["overall"]["near_copies"] == 1
+    assert audit["per_class"]["lesion"]["near_copies"] == 1 and audit["per_class"]["normal"]["near_copies"] == 0
+    # Embedding files and their checksums are recorded.
+    assert set(details["embeddings"]) == set(CLASSES)
+    assert details["embeddings"]["lesion"]["token"] == f"<{MODALITY}-lesion>"
+
+
+def test_pixel_correlation_finds_near_copies():
+    rng = np.random.default_rng(0)
+    train = rng.integers(0, 255, (20, 16, 16, 3)).astype(np.uint8)
+    copy = np.clip(train[7].astype(int) + rng.integers(-8, 9, train[7].shape), 0, 255).astype(np.uint8)  # noisy copy
+    brighter = np.clip(train[3].astype(int) * 0.8 + 30, 0, 255).astype(np.uint8)  # windowing does not hide a copy
+    fresh = rng.integers(0, 255, (2, 16, 16, 3)).astype(np.uint8)
+    synthetic = np.concatenate([copy[None], brighter[None], fresh])
+    frame = lambda n, prefix: pd.DataFrame({"rel": [f"{prefix}{i}" for i in range(n)], "label": [0] * n,  # noqa: E731
+                                            "class": ["a"] * n, "modality": ["m"] * n, "ti_subset": [True] * n})
+    pixels = {"synthetic": pixel_vectors(synthetic, 16), "real_train": pixel_vectors(train, 16),
+              "real_test": pixel_vectors(fresh, 16)}
+    features = {k: unit_rows(v.reshape(len(v), -1)) for k, v in pixels.items()}
+    table, audit = memorisation_audit(frame(4, "s"), frame(20, "t"), frame(2, "u"), pixels, features, ["a"], "m", 0.95)
+    assert list(table["near_copy"]) == [True, True, False, False]
+    assert list(table["nearest_pixel"][:2]) == ["t7", "t3"]
+    assert audit["overall"]["near_copies"] == 2
+
+
+def test_tracks_metrics_and_figures_in_mlflow(toy, tmp_path, tracking_env):
+    from mlflow.tracking import MlflowClient
+
+    evaluate(toy.classifiers, toy.real, tmp_path / "ev", synthetic_manifest=toy.synthetic, modality=MODALITY,
+             settings=SETTINGS, params={"tracking": {"enabled": True}})
+    client = MlflowClient(tracking_env)
+    runs = client.search_runs([client.get_experiment_by_name("medti").experiment_id])
+    run = next(r for r in runs if r.data.tags.get("stage") == "evaluate")
+    assert run.data.tags["modality"] == MODALITY and "input.real.md5" in run.data.tags
+    assert run.data.metrics["real.auc_mean"] == pytest.approx(
+        json.loads((tmp_path / "ev" / "metrics.json").read_text())["real"]["auc_mean"])
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"roc.png", "confusion.png", "metrics.json", "memorisation_pairs.png"} <= artifacts
+
+
+def test_cli_pipeline_form(toy, tmp_path):
+    params = toy_params(tmp_path)
+    out = tmp_path / "results" / "evaluate" / MODALITY
+    rc = main(["evaluate", "--params", str(params), "--modality", MODALITY, "--classifiers", str(toy.classifiers),
+               "--real", str(toy.real), "--synthetic", str(toy.synthetic), "--embeddings", str(toy.embeddings),
+               "--out", str(out), "-q"])
+    assert rc == 0
+    details = json.loads((out / "evaluate.json").read_text())
+    assert details["settings"]["bootstrap"] == 200 and details["settings"]["seed"] == 3  # from params.yaml
+    assert list(details["conditions"]) == list(CONDITIONS)
+
+
+def test_bad_input_is_one_clear_line(toy, tmp_path, capsys):
+    base = ["evaluate", "--classifiers", str(toy.classifiers), "--bootstrap", "200", "--inception", "off"]
+    manifest = pd.read_csv(toy.real)
+
+    def variant(name, df):
+        path = toy.real.parent / name  # beside the original: its image paths stay valid
+        df.to_csv(path, index=False)
+        return str(path)
+
+    # A split with one class: the AUC is undefined.
+    one_class = variant("one_class.csv", manifest[~((manifest["split"] == "test") & (manifest["label"] == 0))])
+    err = one_line_error(capsys, base + ["--real", one_class, "--out", str(tmp_path / "a")])
+    assert "one_class.csv: test split" in err and "labels [0] have no images" in err
+    # A test split too small for a confidence interval.
+    test = manifest[manifest["split"] == "test"]
+    small = variant("small.csv", pd.concat([manifest[manifest["split"] != "test"], test.groupby("label").head(3)]))
+    err = one_line_error(capsys, base + ["--real", small, "--out", str(tmp_path / "b")])
+    assert "too few test images for a confidence interval" in err and "evaluate.min_test_per_class" in err
+    # Synthetic labels that differ from the real ones.
+    syn = pd.read_csv(toy.synthetic)
+    syn.loc[syn["label"] == 1, "label"] = 2
+    relabelled = toy.synthetic.parent / "relabelled.csv"
+    syn.to_csv(relabelled, index=False)
+    err = one_line_error(capsys, base + ["--real", str(toy.real), "--synthetic", str(relabelled), "--out",
+                                          str(tmp_path / "c")])
+    assert "relabelled.csv" in err and "differs from the real data's" in err
+    # Predictions that are not of this test split (the classifiers were trained on other data).
+    moved = variant("moved.csv", manifest.assign(split=np.where(manifest["split"] == "val", "test",
+                                                                np.where(manifest["split"] == "test", "val", manifest["split"]))))
+    err = one_line_error(capsys, base + ["--real", moved, "--out", str(tmp_path / "d")])
+    assert "predictions.csv" in err and "retrain the classifiers" in err
+    # A run the pipeline expects is missing; a reference condition with no runs.
+    err = one_line_error(capsys, base + ["--real", str(toy.real), "--seeds", "0,7", "--out", str(tmp_path / "e")])
+    assert "seed7" in err and "seed 7 is missing" in err
+    err = one_line_error(capsys, base + ["--real", str(toy.real), "--reference", "synthetic", "--out",
+                                          str(tmp_path / "f")])
+    assert "evaluate.reference: condition 'synthetic' has no classifier runs" in err
+    # An embedding that did not draw the synthetic images.
+    with pytest.raises(InputError, match="were not drawn with this embedding"):
+        evaluate(toy.classifiers, toy.real, tmp_path / "g", synthetic_manifest=relabelled.with_name("manifest.csv"),
+                 embeddings=_swapped_embeddings(toy, tmp_path), modality=MODALITY, settings=SETTINGS)
+    with pytest.raises(ConfigError, match="evaluate.confidence"):
+        EvaluateSettings(confidence=1.5).validate()
+    assert not any((tmp_path / n).exists() for n in "abcdefg")
+
+
+def _swapped_embeddings(toy, tmp_path):
+    """The toy embeddings with the two classes' files exchanged."""
+    import shutil
+
+    folder = tmp_path / "swapped"
+    folder.mkdir()
+    shutil.copy(toy.embeddings / "normal.safetensors", folder / "lesion.safetensors")
+    shutil.copy(toy.embeddings / "lesion.safetensors", folder / "normal.safetensors")
+    return folder
+
+
+def test_multiclass_experiment(tmp_path):
+    """Three classes: one-vs-rest AUCs, the paired bootstrap (DeLong is binary only), ROC on a grid."""
+    from classifier_support import fast_settings
+    from medti.classifier import train_classifier
+    from medti.toydata import write_real_set, write_synthetic_set
+
+    classes = ("none", "one", "two")
+    real = write_real_set(tmp_path / "real", classes=classes, size=32, seed=1, per_split={"train": 12, "val": 6, "test": 6})
+    synthetic = write_synthetic_set(tmp_path / "synthetic", classes=classes, n_per_class=6, size=32)
+    for condition, (real_count, synthetic_count) in {"real": (None, 0), "synthetic": (0, None)}.items():
+        train_classifier(real, tmp_path / "clf" / condition / "seed0", settings=fast_settings(steps=20),
+                         synthetic_manifest=synthetic, real_count=real_count, synthetic_count=synthetic_count)
+    evaluate(tmp_path / "clf", real, tmp_path / "ev", synthetic_manifest=synthetic, settings=SETTINGS)
+    metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert "p_delong_vs_real" not in metrics["synthetic"] and 0 < metrics["synthetic"]["p_value_vs_real"] <= 1
+    roc = pd.read_csv(tmp_path / "ev" / "roc.csv")
+    assert roc.groupby(["condition", "seed"]).size().tolist() == [101, 101]
+    confusion = pd.read_csv(tmp_path / "ev" / "confusion.csv")
+    assert len(confusion) == 2 * 9 and confusion["count"].sum() == 2 * 18
+    assert set(json.loads((tmp_path / "ev" / "evaluate.json").read_text())["memorisation"]["per_class"]) == set(classes)
