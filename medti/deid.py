@@ -114,7 +114,9 @@ def redact_path(text: str, values: Iterable[str]) -> str:
     ignoring case: anywhere for values of five characters or more, as whole words for shorter ones."""
     import re
 
-    for value in sorted({v.strip() for v in values if v and len(v.strip()) >= 2}, key=len, reverse=True):
+    low = text.lower()
+    found = {v.strip() for v in values if v and len(v.strip()) >= 2 and v.strip().lower() in low}
+    for value in sorted(found, key=len, reverse=True):
         pattern = re.escape(value)
         if len(value) < _WHOLE_WORD_BELOW:
             pattern = rf"(?<![A-Za-z0-9]){pattern}(?![A-Za-z0-9])"

@@ -199,6 +199,7 @@ class ModalityInputs:
     prepared_manifest: Path
     synthetic_manifest: Path | None
     train_reports: dict[str, Path]  # class -> its report folder (those that exist)
+    interpolation: list[Path]       # medti interpolate's grids (sweeps, combinations), if any
 
 
 def find_modalities(evaluate_dir: Path, params: dict | None) -> list[str]:
@@ -211,7 +212,7 @@ def find_modalities(evaluate_dir: Path, params: dict | None) -> list[str]:
 
 
 def gather(modality: str, evaluate_dir: Path, prepared_dir: Path, synthetic_dir: Path | None,
-           train_reports_dir: Path | None) -> ModalityInputs:
+           train_reports_dir: Path | None, interpolate_dir: Path | None = None) -> ModalityInputs:
     folder = evaluate_dir / modality
     path = folder / "evaluate.json"
     if not path.is_file():
@@ -231,7 +232,8 @@ def gather(modality: str, evaluate_dir: Path, prepared_dir: Path, synthetic_dir:
             reports[c] = d
         else:
             log.warning("no embedding training report for %s/%s (%s)", modality, c, d)
-    return ModalityInputs(modality, details, folder, prepared, synthetic, reports)
+    grids = sorted((interpolate_dir / modality).glob("*.png")) if interpolate_dir is not None else []
+    return ModalityInputs(modality, details, folder, prepared, synthetic, reports, grids)
 
 
 def random_base_model(params: dict | None, inputs: list[ModalityInputs]) -> str | None:
@@ -464,6 +466,12 @@ def build_document(inputs: list[ModalityInputs], params: dict | None, params_tex
         path = figures / f"{m.name}_samples.png"
         if sample_figure(m, samples_per_class, seed, path):
             doc.add(Figure(path, "Real training images (left) and synthetic images (right), one row per class."))
+        if m.interpolation:
+            doc.heading(3, "Disease interpolation")
+            for grid in m.interpolation:
+                _copy_figure(doc, grid, figures / f"{m.name}_{grid.name}",
+                             "Each row one weight (or pathology), each column one seed shared by every row: "
+                             "weighted prompts from the first class to the other (composable diffusion).")
         doc.heading(3, "Embedding training")
         path = figures / f"{m.name}_embedding_loss.png"
         if loss_figure(m, path):
@@ -491,7 +499,7 @@ def build_document(inputs: list[ModalityInputs], params: dict | None, params_tex
 # -- API -----------------------------------------------------------------------------------------------------
 
 def build_report(evaluate_dir, prepared_dir, out, *, synthetic_dir=None, train_reports_dir=None,
-                 params: dict | None = None, params_path=None, modalities: list[str] | None = None,
+                 interpolate_dir=None, params: dict | None = None, params_path=None, modalities: list[str] | None = None,
                  samples_per_class: int | None = None) -> Path:
     """Write the report folder ``out`` (index.html, report.md, figures/, summary.json); returns index.html."""
     from medti.atomic import atomic_dir, sweep_stale_temporaries, write_json, write_text
@@ -500,11 +508,13 @@ def build_report(evaluate_dir, prepared_dir, out, *, synthetic_dir=None, train_r
     evaluate_dir, prepared_dir, out = Path(evaluate_dir), Path(prepared_dir), Path(out)
     synthetic_dir = Path(synthetic_dir) if synthetic_dir is not None else None
     train_reports_dir = Path(train_reports_dir) if train_reports_dir is not None else None
+    interpolate_dir = Path(interpolate_dir) if interpolate_dir is not None else None
     sweep_stale_temporaries(out.parent, name=out.name)
     section = (params or {}).get("report") or {}
     n = int(samples_per_class or section.get("samples_per_class", 4))
     names = modalities or find_modalities(evaluate_dir, params)
-    inputs = [gather(name, evaluate_dir, prepared_dir, synthetic_dir, train_reports_dir) for name in names]
+    inputs = [gather(name, evaluate_dir, prepared_dir, synthetic_dir, train_reports_dir, interpolate_dir)
+              for name in names]
     params_text = Path(params_path).read_text(encoding="utf-8") if params_path else None
     with track(params, "report", run_name="report", tags={"modalities": ",".join(names)}) as tracker:
         with atomic_dir(out) as tmp:
@@ -533,6 +543,7 @@ def add_parser(sub) -> None:
     p.add_argument("--prepared", required=True, metavar="DIR", help="the prepared data, DIR/<modality>/manifest.csv")
     p.add_argument("--synthetic", metavar="DIR", help="the synthetic data, DIR/<modality>/manifest.csv")
     p.add_argument("--train-reports", metavar="DIR", help="embedding training reports, DIR/<modality>/<class>/")
+    p.add_argument("--interpolate", metavar="DIR", help="medti interpolate's figures, DIR/<modality>/*.png")
     p.add_argument("--out", required=True, metavar="DIR", help="the report folder")
     p.add_argument("--modalities", help="comma-separated modalities (default: params.yaml's, else those evaluated)")
     p.add_argument("--samples-per-class", type=int, help="real and synthetic images per class in the sample grids")
@@ -543,6 +554,6 @@ def run(args) -> int:
     params = load_params_arg(args)
     modalities = [m.strip() for m in args.modalities.split(",") if m.strip()] if args.modalities else None
     build_report(args.evaluate, args.prepared, args.out, synthetic_dir=args.synthetic,
-                 train_reports_dir=args.train_reports, params=params, params_path=args.params, modalities=modalities,
+                 train_reports_dir=args.train_reports, interpolate_dir=args.interpolate, params=params, params_path=args.params, modalities=modalities,
                  samples_per_class=args.samples_per_class)
     return 0

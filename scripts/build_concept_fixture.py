@@ -2,8 +2,9 @@
 
 The concept-recovery test (tests/test_textual_inversion_concept.py) needs a base model that has learned
 something a Textual Inversion embedding can find: a random model has nothing to find. This script trains
-one, deterministically, on a 2-core CPU in a few minutes, and writes it as a diffusers pipeline folder
-(fp16 weights, about 1.6 MB) that `medti.models.load_base_model` and diffusers both read:
+one from fixed seeds in about five minutes on one core of a 2-core CPU (600 VAE + 1,500 UNet steps), and
+writes it as a diffusers pipeline folder (fp16 weights, about 1.9 MB) that `medti.models.load_base_model`
+and diffusers both read:
 
 1. two concepts on a dark 32x32 background: a bright filled **disc** and a bright **ring** (random
    size, position and brightness; `medti.toydata.draw_shapes`, which the test uses too);
@@ -16,7 +17,8 @@ one, deterministically, on a 2-core CPU in a few minutes, and writes it as a dif
 The words `disc` and `ring` are single tokens of medti's tokenizer; the test initialises a fresh
 placeholder from `ring` and must move it to `disc` by training only its vectors.
 
-Run from the repository root:  python scripts/build_concept_fixture.py [--out DIR] [--seed N]
+Run from the repository root:  OMP_NUM_THREADS=1 python scripts/build_concept_fixture.py [--out DIR] [--seed N]
+(one thread: on a shared 2-core CPU, two OpenMP threads spin-wait and run several times slower).
 """
 
 from __future__ import annotations

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import os
 import subprocess
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import yaml
 from preprocess_support import copy_pydicom_files
 
 from medti.cli import main
-from medti.deid import (IDENTIFYING_KEYWORDS, Deidentifier, load_salt, redact, redact_path, salt_path)
+from medti.deid import IDENTIFYING_KEYWORDS, Deidentifier, load_salt, redact, redact_path, salt_path
 from medti.errors import ConfigError
 from medti.phantoms import generate_phantoms
 

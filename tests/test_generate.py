@@ -232,8 +232,10 @@ def test_pipeline_mode_generates_every_class_with_its_templates_and_tracks(tmp_p
     from medti.config import class_token
 
     emb_dir = tmp_path / "emb"
-    for i, cls in enumerate(("normal", "opacity")):
-        save_embedding(Embedding(class_token("chest_xray", cls), _vectors(2, seed=10 + i)), emb_dir / f"{cls}.safetensors")
+    embeddings = {cls: Embedding(class_token("chest_xray", cls), _vectors(2, seed=10 + i))
+                  for i, cls in enumerate(("normal", "opacity"))}
+    for cls, emb in embeddings.items():
+        save_embedding(emb, emb_dir / f"{cls}.safetensors")
     out = tmp_path / "synthetic"
     rc, err = _cli(capsys, "generate", "--params", ROOT / "params.yaml", "--modality", "chest_xray",
                    "--embeddings", emb_dir, "--out", out, "--n", 2, *SAMPLING)
@@ -243,6 +245,7 @@ def test_pipeline_mode_generates_every_class_with_its_templates_and_tracks(tmp_p
     assert list(df[df["class"] == "opacity"].sort_values("path")["prompt"]) == [
         "a chest x-ray showing <chest_xray-opacity>", "a frontal chest radiograph, <chest_xray-opacity>"]
     assert set(df[df["class"] == "opacity"]["label"]) == {1}
+    assert dict(zip(df["class"], df["embedding_checksum"])) == {c: e.checksum() for c, e in embeddings.items()}
     assert (out / "grid.png").is_file() and (out / "generate.json").is_file()
     client = MlflowClient(tracking_uri=tracking_env)
     run = client.search_runs([client.get_experiment_by_name("medti").experiment_id])[0]
@@ -289,6 +292,20 @@ def test_python_api_raises_the_same_errors(model):
         _spec(n_per_class=0)
 
 
+@pytest.mark.gpu
+def test_half_precision_on_the_gpu_stays_close_to_fp32(tiny_model_dir):
+    from medti.generate.jobs import Runtime
+
+    images = {}
+    for precision in ("fp32", "fp16", "bf16"):
+        model, device, dtype = Runtime(base_model=str(tiny_model_dir), device="cuda", precision=precision).load()
+        images[precision] = sample(model, ["a chest x-ray", "a brain mri"], [1, 2], steps=STEPS, resolution=RES,
+                                   device=device, dtype=dtype, batch_size=2)
+    for precision in ("fp16", "bf16"):
+        assert torch.isfinite(images[precision]).all()
+        assert (images[precision] - images["fp32"]).abs().mean() < 0.05
+
+
 # -- benchmark ---------------------------------------------------------------------------------------------------
 def test_bench_sides_measure_and_report(tiny_model_dir):
     from medti.generate import bench
@@ -303,6 +320,22 @@ def test_bench_sides_measure_and_report(tiny_model_dir):
     text = bench.report(summary)
     assert "medti Sampler (batch 2)" in text and "diffusers StableDiffusionPipeline" in text
     assert "speed-up:" in text and "target >= 2x" in text
+
+
+@pytest.mark.slow
+def test_bench_command_prints_both_sides_and_the_ratio(tmp_path):
+    """The command as users run it: two worker processes, a printed table and the JSON figures."""
+    import json
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "medti.cli", "bench", "generate", "--n", "2", "--steps", "2",
+                           "--batch-size", "2", "--resolution", str(RES), "--json", str(tmp_path / "b.json")],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert "images/s" in proc.stdout and "speed-up:" in proc.stdout
+    figures = json.loads((tmp_path / "b.json").read_text())
+    assert set(figures["results"]) == {"medti", "diffusers"} and figures["speedup"] > 0
 
 
 def test_every_generation_command_has_help(capsys):

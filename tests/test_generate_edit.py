@@ -46,6 +46,13 @@ def _embeddings(folder: Path, tokens, seed=0) -> list[Path]:
     return paths
 
 
+def _chest_xray_embeddings(folder: Path) -> Path:
+    """The pipeline's layout: ``<folder>/<class>.safetensors`` under the tokens of params.yaml's chest_xray."""
+    for path in _embeddings(folder, ["<chest_xray-normal>", "<chest_xray-opacity>"]):
+        path.rename(path.with_name(path.name.replace("chest_xray-", "")))
+    return folder
+
+
 def _png(path: Path) -> np.ndarray:
     with Image.open(path) as im:
         return np.asarray(im).astype(int)
@@ -96,6 +103,7 @@ def test_interpolate_cli_sweeps_and_combines_with_shared_seeds(model, tmp_path, 
     alone = sample(model, [start], [int(sweep.loc[(0.0, 0), "seed"])], steps=STEPS, resolution=RES)
     assert np.abs(w0 - (alone[0].permute(1, 2, 0).numpy() * 255).round()).max() <= 1
     combine = table[table["figure"] == "combine.png"]
+    assert set(combine["mode"]) == {"noise"}
     assert list(combine[combine["column"] == 0]["label"]) == ["<ip-healthy>", "<ip-sick>:0.5",
                                                               "<ip-healthy> + <ip-sick>:0.5"]
 
@@ -109,7 +117,8 @@ def test_embedding_space_sweep_ends_at_the_two_prompts(model, tmp_path, mode):
                    seed=5, batch_size=1)
     loaded = Loaded(model, torch.device("cpu"), torch.float32)
     rows = sweep_rows("a chest x-ray", "a brain mri", cfg["weights"], mode)
-    table = pd.read_csv(draw_figures(loaded, [Figure("sweep", "t", rows)], tmp_path, cfg, mode))
+    table = pd.read_csv(draw_figures(loaded, [Figure("sweep", "t", rows, mode)], tmp_path, cfg))
+    assert set(table["mode"]) == {mode}
     w0, half, w1 = (_png(tmp_path / p) for p in table.sort_values("weight")["path"])
     seed = int(table["seed"].iloc[0])
     ends = sample(model, ["a chest x-ray", "a brain mri"], [seed, seed], steps=STEPS, resolution=RES, batch_size=1)
@@ -120,9 +129,7 @@ def test_embedding_space_sweep_ends_at_the_two_prompts(model, tmp_path, mode):
 
 
 def test_interpolate_pipeline_mode_names_classes(tmp_path, capsys):
-    _embeddings(tmp_path / "emb", ["<chest_xray-normal>", "<chest_xray-opacity>"])
-    for path in (tmp_path / "emb").iterdir():
-        path.rename(path.with_name(path.name.replace("chest_xray-", "")))
+    _chest_xray_embeddings(tmp_path / "emb")
     out = tmp_path / "interp"
     rc, err = _cli(capsys, "interpolate", "--params", ROOT / "params.yaml", "--modality", "chest_xray",
                    "--embeddings", tmp_path / "emb", "--n", 1, "--weights", "0,1", "--out", out, *SAMPLING)
@@ -234,10 +241,7 @@ def test_inpaint_with_an_inpainting_checkpoint(tiny_model_dir, tmp_path, capsys)
 
 
 def test_inpaint_pipeline_mode_paints_a_class_and_rejects_a_wrong_mask(tmp_path, capsys):
-    emb = tmp_path / "emb"
-    _embeddings(emb, ["<chest_xray-normal>", "<chest_xray-opacity>"])
-    for path in emb.iterdir():
-        path.rename(path.with_name(path.name.replace("chest_xray-", "")))
+    emb = _chest_xray_embeddings(tmp_path / "emb")
     image = _image(tmp_path / "scan.png")
     common = ["inpaint", "--params", ROOT / "params.yaml", "--modality", "chest_xray", "--embeddings", emb,
               "--image", image, "--steps", 2]

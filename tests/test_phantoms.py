@@ -137,3 +137,39 @@ def test_prostate_sequences_are_stacked_into_rgb(tmp_path, phantoms):
     rim[31:33, 2:6] = True
     assert t2w[:, rim].mean() > 150 and adc[:, rim].mean() < 90 and hbv[:, rim].mean() < 90
     assert (out / "channels.png").is_file() and (out / "samples.png").is_file()
+
+
+def add_mask_series(study_root: Path, slices_with_mask: set[int]) -> None:
+    """Give every study a mask series on its T2W grid, marked on the slices (by position) in the set."""
+    for t2w_file in sorted(study_root.rglob("series_1/*.dcm")):
+        ds = pydicom.dcmread(t2w_file)
+        ds.SeriesDescription = "LESION MASK"
+        ds.SeriesInstanceUID = pydicom.uid.generate_uid(entropy_srcs=[str(t2w_file.parent), "mask"])
+        ds.SOPInstanceUID = pydicom.uid.generate_uid(entropy_srcs=[str(t2w_file), "mask"])
+        mask = np.zeros((ds.Rows, ds.Columns), np.uint16)
+        if int(ds.InstanceNumber) - 1 in slices_with_mask:  # InstanceNumber follows slice position here
+            mask[20:40, 20:40] = 1
+        ds.PixelData = mask.tobytes()
+        folder = t2w_file.parent.parent / "series_9"
+        folder.mkdir(exist_ok=True)
+        ds.save_as(folder / t2w_file.name)
+
+
+def test_a_mask_series_picks_the_slice(tmp_path):
+    src = generate_phantoms("prostate_mri", tmp_path / "raw", subjects_per_class=4, seed=9).out
+    labels = {"csv": str(src / "labels.csv"), "key": "StudyInstanceUID"}
+    source = {"type": "dicom", "path": str(src), "series": {"channels": ["T2W", "ADC", "HBV"]}, "labels": labels}
+
+    def images(out, **settings):
+        run_prepare(tmp_path, dict(source, **settings), classes=DEFAULT_CLASSES["prostate_mri"], out=out, size=64)
+        assert rejects(tmp_path / out).empty
+        return {Path(rel).name: image(tmp_path / out, rel) for rel in manifest(tmp_path / out).path}
+
+    middle = images("middle")  # 8 T2W slices: index 4
+    add_mask_series(src, {4})
+    assert all(np.array_equal(middle[k], v) for k, v in images("lesion4", mask="MASK", slice="largest_lesion").items())
+    add_mask_series(src, {1})
+    lesion1 = images("lesion1", mask="MASK", slice="largest_lesion")
+    assert not any(np.array_equal(middle[k], v) for k, v in lesion1.items())
+    add_mask_series(src, {0, 1, 2})  # an organ over slices 0..2: its middle is slice 1
+    assert all(np.array_equal(lesion1[k], v) for k, v in images("organ", mask="MASK", slice="mask_middle").items())

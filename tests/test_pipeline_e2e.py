@@ -76,6 +76,7 @@ def test_snakemake_runs_the_default_pipeline_to_a_report(snakemake_project):
     params = yaml.safe_load((snakemake_project / "params.yaml").read_text())
     html = (snakemake_project / "results" / "report" / "index.html").read_text()
     assert "carry no medical meaning" in html  # the tiny base model has random weights
+    assert "Disease interpolation" in html and "data:image/png;base64," in html
     for key, entry in params["classes"].items():
         emb = snakemake_project / "embeddings" / entry["modality"] / f"{entry['class']}.safetensors"
         assert emb.is_file() and emb.stat().st_size < 300_000
@@ -102,8 +103,8 @@ def test_one_changed_parameter_reruns_only_what_depends_on_it(snakemake_project)
         params_file.write_text(original)
     jobs = planned_jobs(proc.stdout + proc.stderr)
     n_clf = len(params["classifier"]["conditions"]) * len(params["classifier"]["seeds"])
-    assert jobs == {"train_embedding": 1, "generate": 1, "train_classifier": n_clf, "evaluate": 1, "report": 1,
-                    "all": 1}, jobs
+    assert jobs == {"train_embedding": 1, "generate": 1, "interpolate": 1, "train_classifier": n_clf, "evaluate": 1,
+                    "report": 1, "all": 1}, jobs
 
 
 def test_mlflow_has_one_tagged_run_per_job(snakemake_project):

@@ -101,12 +101,17 @@ SEQUENCES = {  # name: (shape z, y, x; spacing x, y, z; origin x, y, z; inside; 
 }
 
 
+def write_sequence(path, name: str, case: int) -> None:
+    """One sequence of a case; cases differ by a constant (minmax-normalised away), so they are not copies."""
+    shape, spacing, origin, inside, outside = SEQUENCES[name]
+    write_volume(path, box_volume(shape, spacing, origin, inside, outside) + case * 1e-3, spacing, origin)
+
+
 def test_three_sequences_are_resampled_to_one_grid_and_stacked(tmp_path):
     src = tmp_path / "cases"
     for case in range(6):
-        for name, (shape, spacing, origin, inside, outside) in SEQUENCES.items():
-            write_volume(src / f"c{case}" / f"c{case}_{name}.mha", box_volume(shape, spacing, origin, inside, outside) + case * 1e-3,
-                         spacing=spacing, origin=origin)
+        for name in SEQUENCES:
+            write_sequence(src / f"c{case}" / f"c{case}_{name}.mha", name, case)
     (src / "c0" / "notes.txt").write_text("scanner notes")
     labels = write_labels(tmp_path / "labels.csv", "case", [(f"c{c}", "ab"[c % 2]) for c in range(6)])
     run_prepare(tmp_path, {"type": "volume", "path": str(src), "labels": {"csv": str(labels), "key": "case"},
@@ -130,11 +135,10 @@ def test_three_sequences_are_resampled_to_one_grid_and_stacked(tmp_path):
 def test_a_case_missing_a_sequence_is_listed(tmp_path):
     src = tmp_path / "cases"
     for case in range(7):
-        for name, (shape, spacing, origin, inside, outside) in SEQUENCES.items():
+        for name in SEQUENCES:
             if case == 0 and name == "hbv":
                 continue
-            write_volume(src / f"c{case}_{name}.nii.gz", box_volume(shape, spacing, origin, inside, outside) + case * 1e-3,
-                         spacing=spacing, origin=origin)
+            write_sequence(src / f"c{case}_{name}.nii.gz", name, case)
     labels = write_labels(tmp_path / "labels.csv", "path", [(f"c{c}_t2w.nii.gz", "ab"[c % 2]) for c in range(7)])
     run_prepare(tmp_path, {"type": "volume", "path": str(src), "labels": {"csv": str(labels), "key": "path"},
                            "sequences": ["*_t2w.nii.gz", "*_adc.nii.gz", "*_hbv.nii.gz"], "subject_from": "case"},
@@ -268,3 +272,45 @@ def test_medmnist_format_with_three_labels_keeps_two(tmp_path):
     assert listed.reason[0] == "label 1 has no class in class_names"
     first = image(tmp_path / "out", table.path[0])
     assert first.std(axis=2).mean() > 10  # colour kept
+
+
+def test_a_missing_medmnist_file_says_where_to_get_it(tmp_path):
+    from medti.errors import InputError
+
+    with pytest.raises(InputError) as err:
+        run_prepare(tmp_path, {"type": "medmnist", "path": str(tmp_path), "dataset": "dermamnist", "image_size": 64})
+    assert str(err.value).startswith(f"{tmp_path / 'dermamnist_64.npz'}: MedMNIST file not found (set source.download")
+    import importlib.util
+
+    if importlib.util.find_spec("medmnist") is None:  # with it installed, this would download
+        with pytest.raises(ConfigError, match="the optional 'medmnist' package is not installed"):
+            run_prepare(tmp_path, {"type": "medmnist", "path": str(tmp_path), "dataset": "dermamnist", "download": True})
+
+
+def test_a_nifti_simpleitk_refuses_is_read_with_nibabel(tmp_path):
+    import nibabel as nib
+
+    from medti.preprocess.volumes import read_volume
+
+    sheared = np.array([[1.0, 0.3, 0, 0], [0, 1.0, 0, 0], [0, 0, 2.0, 0], [0, 0, 0, 1]])  # not orthonormal
+    data = np.arange(4 * 5 * 6, dtype=np.float32).reshape(4, 5, 6)  # x, y, z as NIfTI stores them
+    nib.save(nib.Nifti1Image(data, sheared), tmp_path / "sheared.nii.gz")
+    with pytest.raises(RuntimeError):
+        sitk.ReadImage(str(tmp_path / "sheared.nii.gz"))
+    img = read_volume(tmp_path / "sheared.nii.gz")
+    assert img.GetSize() == (4, 5, 6) and img.GetSpacing()[2] == 2.0
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(img), data.transpose(2, 1, 0))
+
+
+@pytest.mark.parametrize("fit,expected", [
+    ("pad", [[0, 0, 0, 0], [1, 1, 1, 1], [1, 1, 1, 1], [0, 0, 0, 0]]),   # black bars above and below
+    ("crop", [[1, 1, 1, 1]] * 4),                                      # the centre square
+])
+def test_a_wide_image_is_squared_by_padding_or_cropping(fit, expected):
+    from medti.preprocess.imaging import finish
+
+    wide = np.ones((2, 4), np.float32)
+    out = finish(wide, 4, fit, "rgb")
+    assert out.shape == (4, 4, 3)
+    np.testing.assert_array_equal(out[..., 0] // 255, expected)
+    assert finish(np.ones((2, 6), np.float32), 4, "resize", "grey").shape == (4, 4)

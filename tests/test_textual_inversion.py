@@ -100,9 +100,12 @@ def test_training_starts_from_the_init_and_moves_only_the_new_vectors(tiny_model
     s = quick(num_vectors=3, steps=5, validation_images=2)
     init = initial_vectors(m.tokenizer, m.text_encoder, "word", 3, "round disc")
     pixels = torch.from_numpy(draw_shapes("disc", 4, 0)).unsqueeze(1).expand(-1, 3, -1, -1).contiguous()
+    encoded = []
+    m.vae.encoder.register_forward_hook(lambda module, inputs, output: encoded.append(inputs[0].shape[0]))
     trainer = EmbeddingTrainer(m, s, pixels, torch.device("cpu"), torch.float32)
     assert torch.equal(trainer.vectors.detach(), init)
-    assert m.vae.encoder is None  # latents cached: the encoder has left memory, the decoder stays for grids
+    assert sum(encoded) == 4  # each image through the VAE encoder once...
+    assert m.vae.encoder is None  # ...then it leaves memory (the decoder stays for validation grids)
     for _ in range(s.steps):
         trainer.train_step()
 
@@ -169,6 +172,44 @@ def test_loss_matches_diffusers_reference(tiny_model_dir, v_prediction_model, pr
         per_image = per_image * weight
     torch.testing.assert_close(loss, per_image.mean(), rtol=1e-4, atol=1e-6)
     assert trainer.vectors.grad is not None and bool(trainer.vectors.grad.abs().sum() > 0)
+
+
+def test_gradient_checkpointing_gives_the_same_vectors(tiny_model_dir):
+    from medti.textual_inversion.trainer import EmbeddingTrainer
+
+    pixels = torch.from_numpy(draw_shapes("disc", 4, 0)).unsqueeze(1).expand(-1, 3, -1, -1).contiguous()
+    vectors = []
+    for checkpointing in (False, True):
+        m = load_tiny(tiny_model_dir)
+        trainer = EmbeddingTrainer(m, quick(steps=3, gradient_checkpointing=checkpointing), pixels,
+                                   torch.device("cpu"), torch.float32)
+        for _ in range(3):
+            trainer.train_step()
+        assert m.unet.is_gradient_checkpointing == checkpointing
+        vectors.append(trainer.learned_vectors())
+    torch.testing.assert_close(vectors[1], vectors[0], rtol=0, atol=1e-6)
+
+
+def test_augmented_views_are_drawn_once_and_flips_are_off_by_default():
+    from medti.textual_inversion.data import ViewMaker, to_unit_range
+    from medti.textual_inversion.settings import Augment
+
+    assert Augment().num_views == 1 and not Augment().hflip  # anatomy is lateralised: no flips unless asked
+    pixels = torch.from_numpy(draw_shapes("ring", 6, 0)).unsqueeze(1).expand(-1, 3, -1, -1).contiguous()
+    views = ViewMaker(Augment(hflip=True, views=4), 6, seed=0)
+    assert views.num_views == 4
+    original = to_unit_range(pixels)
+    assert torch.equal(views(pixels, 0, 0), original)
+    flipped = 0
+    for v in range(1, 4):
+        out = views(pixels, v, 0)
+        for i in range(6):
+            same, mirrored = torch.allclose(out[i], original[i], atol=1e-5), \
+                torch.allclose(out[i], original[i].flip(-1), atol=1e-5)
+            assert same or mirrored
+            flipped += mirrored and not same
+        assert torch.equal(views(pixels[2:4], v, 2), out[2:4])  # a view does not depend on the batching
+    assert 0 < flipped < 18
 
 
 # -- checkpoint and resume --------------------------------------------------------------------------------------
@@ -258,7 +299,8 @@ def test_outputs_metrics_mlflow_and_validation_grids_without_phi(tmp_path, track
     phi = "DOE_JOHN_19600101"
     images = write_images(tmp_path / phi, n=5, name=phi)
     out, report = tmp_path / "out" / "lesion.safetensors", tmp_path / "out" / "report"
-    s = quick(token="<lesion>", steps=6, validation_every=3, validation_images=2, validation_steps=4, log_every=4)
+    s = quick(token="<lesion>", steps=6, validation_every=3, validation_images=2, validation_steps=4, log_every=4,
+              lr_scheduler="constant_with_warmup", warmup_steps=3)
     result = train_embedding(images, s, output=out, report_dir=report)
 
     rows = (report / "metrics.csv").read_text().splitlines()
@@ -284,6 +326,8 @@ def test_outputs_metrics_mlflow_and_validation_grids_without_phi(tmp_path, track
     for key in ("loss", "lr", "images_per_s", "steps_per_s"):
         history = client.get_metric_history(run.info.run_id, key)
         assert sorted(h.step for h in history) == list(range(1, 7)), key
+    lrs = sorted((h.step, h.value) for h in client.get_metric_history(run.info.run_id, "lr"))
+    assert [v for _, v in lrs] == pytest.approx([0.0, 1e-2 / 3, 2e-2 / 3, 1e-2, 1e-2, 1e-2])  # warm-up, then flat
     losses = {h.step: h.value for h in client.get_metric_history(run.info.run_id, "loss")}
     assert losses[6] == pytest.approx(float(rows[6].split(",")[1]), rel=1e-5)
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
@@ -350,12 +394,16 @@ def test_mixed_image_sizes_are_resized_with_a_warning(tmp_path, caplog):
     write_images(folder, n=2, size=32, name="a")
     write_images(folder, n=1, size=64, name="b")
     Image.fromarray(np.full((24, 40), 200, np.uint8)).save(folder / "c_wide.png")
-    result = train_embedding(folder, quick(steps=2))
-    assert result.stats["images"] == 4
-    assert "2 of 4 training images are not 32x32" in caplog.text and "centre-cropped" in caplog.text
+    ramp = np.tile(np.linspace(0, 4095, 32), (32, 1)).astype(np.uint16)  # 12-bit values in a 16-bit PNG
+    Image.fromarray(ramp).save(folder / "d_16bit.png")
+    result = train_embedding(folder, quick(steps=2, grad_accum=2))
+    assert result.stats["images"] == 5 and result.stats["settings"]["grad_accum"] == 2
+    assert "2 of 5 training images are not 32x32" in caplog.text and "centre-cropped" in caplog.text
     pixels = load_images(sorted(folder.glob("*.png")), 32)
-    assert pixels.shape == (4, 3, 32, 32) and pixels.dtype == torch.uint8
+    assert pixels.shape == (5, 3, 32, 32) and pixels.dtype == torch.uint8
     assert int(pixels[3].float().mean()) == 200  # the wide image, cropped to its centre and resized
+    assert int(pixels[4].min()) == 0 and int(pixels[4].max()) == 255  # 16-bit: stretched, not clipped to white
+    assert 120 < float(pixels[4].float().mean()) < 135
 
 
 def test_a_token_already_in_the_vocabulary_is_refused(tmp_path):
@@ -437,3 +485,45 @@ def test_cli_settings_are_validated(tmp_path, argv, fragment):
     args = build_parser().parse_args(base + argv)
     with pytest.raises(ConfigError, match=fragment.replace("(", r"\(").replace("{", r"\{").replace("}", r"\}")):
         build_settings(args, None)
+
+
+# -- the benchmark's runners ----------------------------------------------------------------------------------
+
+def test_bench_runners_train_what_they_claim():
+    """medti's runner trains only its vectors; the diffusers-style baseline trains the whole (resized)
+    vocabulary matrix and restores every row but the placeholder's after each step."""
+    from medti.models.loading import build_random_model
+    from medti.textual_inversion.bench import BaselineRunner, MedtiRunner, bench_images, format_row
+
+    job = dict(arch="tiny", steps=2, warmup=0, batch_size=2, num_vectors=3, gradient_checkpointing=False)
+    images = bench_images(4, 32)
+    assert images.shape == (4, 3, 32, 32)
+
+    base = build_random_model("tiny")
+    rows = base.text_encoder.get_input_embeddings().weight.detach().clone()
+    runner = BaselineRunner(base, job, images, torch.device("cpu"), torch.float32)
+    table = base.text_encoder.get_input_embeddings().weight
+    assert table.shape[0] == rows.shape[0] + 3 and table.requires_grad
+    start = table.detach().clone()
+    runner.step()
+    runner.sync()
+    assert torch.equal(table.detach()[: rows.shape[0]], rows)  # the vocabulary restored
+    assert not torch.equal(table.detach()[rows.shape[0]:], start[rows.shape[0]:])  # the new rows learned
+    assert base.vae.encoder is not None  # it encodes every batch again
+
+    medti = MedtiRunner(build_random_model("tiny"), job, images, torch.device("cpu"), torch.float32)
+    before = medti.trainer.vectors.detach().clone()
+    medti.step()
+    medti.sync()
+    assert not torch.equal(before, medti.trainer.vectors.detach())
+    line = format_row({"arch": "tiny", "resolution": 32, "method": "medti", "steps_per_s": 3.0, "images_per_s": 6.0,
+                       "peak_mb": 600.0, "start_mb": 550.0, "setup_s": 0.4})
+    assert "3.000 steps/s" in line and "peak    600.0 MB" in line
+
+
+@pytest.mark.slow
+def test_bench_train_cli_prints_figures():
+    proc = subprocess.run([sys.executable, "-m", "medti.cli", "bench", "train", "--models", "tiny", "--steps", "2",
+                           "--warmup", "1", "--threads", "1"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "medti:" in proc.stdout and "baseline:" in proc.stdout and "speed-up x" in proc.stdout

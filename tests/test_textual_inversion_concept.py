@@ -137,7 +137,6 @@ def test_the_fixture_knows_both_concepts_and_the_judge_tells_them_apart():
 def test_textual_inversion_recovers_the_disc_from_a_ring_start(disc_folder, held_out):
     result = train(disc_folder, lr=0.05)
     r = recovery(result.embedding, held_out)
-    print("RECOVERY", r)
     assert recovered(r), r
     assert r["disc_fraction"] >= 0.9
 
@@ -147,6 +146,5 @@ def test_the_criterion_fails_when_the_vectors_do_not_learn(disc_folder, held_out
     this is what makes the test above fail when the gradient does not reach the vectors."""
     result = train(disc_folder, lr=1e-9)
     r = recovery(result.embedding, held_out)
-    print("CONTROL", r)
     assert not recovered(r), r
     assert r["disc_fraction"] <= 0.2

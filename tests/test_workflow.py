@@ -44,7 +44,7 @@ def test_dry_run_plans_every_stage_per_modality_class_condition_and_seed():
     assert counts["phantoms"] == len(params["phantoms"]["modalities"])
     assert counts["prepare"] == n_mod
     assert counts["train_embedding"] == len(params["classes"])
-    assert counts["generate"] == n_mod
+    assert counts["generate"] == n_mod and counts["interpolate"] == n_mod
     assert counts["train_classifier"] == n_mod * len(params["classifier"]["conditions"]) * len(params["classifier"]["seeds"])
     assert counts["evaluate"] == n_mod and counts["report"] == 1
     # every job calls the medti CLI with the one parameter file and writes a log

@@ -69,7 +69,9 @@ def _run_worker(side: str, config: dict) -> dict:
     from medti.errors import MedtiError
 
     cmd = [sys.executable, "-m", "medti.generate.bench", side, json.dumps(config)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=os.environ | {"MEDTI_PROGRESS": "0"})
+    # Idle OpenMP threads sleep (both sides alike): spinning ones distort timings on a shared CPU.
+    env = os.environ | {"MEDTI_PROGRESS": "0", "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     if proc.returncode != 0 or not lines:
         detail = (proc.stderr.strip().splitlines() or ["no output"])[-1]

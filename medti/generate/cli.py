@@ -47,7 +47,9 @@ def add_parser(sub) -> None:
                    help="a pathology to combine with the others ('A AND B ...'); repeatable")
     i.add_argument("--weights", type=_floats, help="weights of --to, e.g. 0,0.25,0.5,0.75,1 (params: interpolate.weights)")
     i.add_argument("--mode", choices=["noise", "linear", "slerp"],
-                   help="noise: composable diffusion; linear/slerp: interpolated text-encoder states")
+                   help="how a sweep mixes --from and --to (params: interpolate.mode): noise = weighted noise "
+                        "predictions (composable diffusion); linear/slerp = interpolated token embeddings. "
+                        "Combinations always weight noise predictions")
     i.add_argument("--n", type=int, default=None, help="samples (seeds) per weight (params: interpolate.n)")
     i.add_argument("--out", required=True, metavar="DIR")
     _add_sampling(i)
@@ -79,12 +81,13 @@ def add_parser(sub) -> None:
 
 
 def _add_sampling(p: argparse.ArgumentParser) -> None:
-    s = p.add_argument_group("sampling (defaults: params.yaml generate, else built-in)")
+    s = p.add_argument_group("sampling (defaults: params.yaml generate, else the schema's defaults)")
     s.add_argument("--base-model", help="tiny, random:<arch>, a local diffusers folder or a hub id")
-    s.add_argument("--steps", type=int)
-    s.add_argument("--guidance", type=float)
-    s.add_argument("--scheduler", choices=list(SCHEDULERS))
-    s.add_argument("--negative-prompt")
+    s.add_argument("--steps", type=int, help="denoising steps (params: generate.steps)")
+    s.add_argument("--guidance", type=float, help="classifier-free guidance scale (params: generate.guidance)")
+    s.add_argument("--scheduler", choices=list(SCHEDULERS),
+                   help="dpmsolver++ (DPM-Solver++ multistep), euler_a (Euler ancestral, as the paper), ddim, pndm, ddpm")
+    s.add_argument("--negative-prompt", help="the unconditional branch's prompt (default: empty)")
     s.add_argument("--seed", type=int, help="base seed (image seeds derive from it, the class and the index)")
     s.add_argument("--resolution", type=int, help="pixels (default: the base model's)")
     s.add_argument("--batch-size", type=int, help="images per UNet call")

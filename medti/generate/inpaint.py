@@ -137,6 +137,11 @@ def resize(image, hard: np.ndarray, resolution: int):
     return image, mask.numpy()
 
 
+def check_strength(strength) -> None:
+    if not 0.0 < float(strength) <= 1.0:
+        raise ConfigError(f"--strength (inpaint.strength) {strength}: must be more than 0 and at most 1")
+
+
 def inpaint(model, image, mask, prompts, seeds, *, strength: float = 0.9, negative_prompt: str = "",
             steps: int = 20, guidance: float = 5.0, scheduler: str = "dpmsolver++", batch_size: int = 8,
             unet=None, device=None, dtype=None, progress_desc: str | None = None):
@@ -151,8 +156,7 @@ def inpaint(model, image, mask, prompts, seeds, *, strength: float = 0.9, negati
 
     from medti.generate.sampling import Denoising, Sampler
 
-    if not 0.0 < float(strength) <= 1.0:
-        raise ConfigError(f"strength {strength}: must be more than 0 and at most 1")
+    check_strength(strength)
     sampler = Sampler(model, device=device, dtype=dtype, unet=unet)
     height, width = image.shape[-2:]
     channels, h, w = sampler.latent_shape((height, width))
@@ -183,11 +187,11 @@ def inpaint(model, image, mask, prompts, seeds, *, strength: float = 0.9, negati
     return soft * drawn + (1 - soft) * img
 
 
-def load_inpainting_unet(spec: str, model, runtime):
+def load_inpainting_unet(spec: str, model, device, dtype, local_files_only: bool = True):
     """The UNet of an inpainting checkpoint, checked against the base model's text encoder."""
     from medti.models.loading import load_base_model
 
-    loaded = load_base_model(spec, device="cpu", dtype=None, local_files_only=runtime.local_files_only,
+    loaded = load_base_model(spec, device=device, dtype=dtype, local_files_only=local_files_only,
                              components=("unet",))
     unet = loaded.unet
     latent = int(model.vae.config.latent_channels)
@@ -218,8 +222,7 @@ def inpaint_job(image, spec: MaskSpec, out, *, params=None, runtime=None, prompt
     modality = pipeline[0] if pipeline else None
     cfg = settings(params, modality, "inpaint", n=n if n is not None else 1, strength=strength,
                    mask_blur=mask_blur, **cli)
-    if not 0.0 < float(cfg["strength"]) <= 1.0:
-        raise ConfigError(f"--strength (inpaint.strength) {cfg['strength']}: must be more than 0 and at most 1")
+    check_strength(cfg["strength"])
     pixels, grey = load_image(image)
     hard = make_mask(spec, (int(pixels.shape[2]), int(pixels.shape[1])))  # coordinates: the original's pixels
     if cfg["resolution"]:
@@ -238,7 +241,9 @@ def inpaint_job(image, spec: MaskSpec, out, *, params=None, runtime=None, prompt
             raise ConfigError("give --prompt (standalone) or --params/--modality/--embeddings/--class (pipeline)")
         loaded = load_standalone(embeddings, runtime, params)
     model = loaded.model
-    unet = load_inpainting_unet(inpainting_model, model, runtime) if inpainting_model else None
+    unet = None
+    if inpainting_model:
+        unet = load_inpainting_unet(inpainting_model, model, loaded.device, loaded.dtype, runtime.local_files_only)
     nine = int((unet or model.unet).config.in_channels) == 2 * int(model.vae.config.latent_channels) + 1
     method = "inpainting checkpoint" if nine else "latent blending"
     seeds = [derive_seed(int(cfg["seed"]), "inpaint", k) for k in range(int(cfg["n"]))]
@@ -291,7 +296,7 @@ def before_after(image, mask: np.ndarray, results, path, prompt: str) -> None:
     overlay[0] = overlay[0] * (1 - 0.6 * m) + 0.6 * m
     overlay[1:] = overlay[1:] * (1 - 0.6 * m)
     cells = [image, overlay] + list(results)
-    titles = ["before", "mask"] + [f"after (seed {k})" for k in range(len(results))]
+    titles = ["before", "mask"] + [f"after {k + 1}" for k in range(len(results))]
     image_grid(cells, path, ncols=len(cells), titles=titles, suptitle=_short(prompt))
 
 

@@ -81,9 +81,10 @@ class Figure:
     name: str
     title: str
     rows: list[GridRow]
+    mode: str = "noise"  # how its rows mix prompts (combinations always weight noise predictions)
 
 
-def draw_figures(loaded, figures: list[Figure], out, cfg: dict, mode: str = "noise") -> Path:
+def draw_figures(loaded, figures: list[Figure], out, cfg: dict) -> Path:
     """Draw every figure (rows x ``cfg['n']`` seeds) into ``out``; write the grids and ``interpolate.csv``."""
     import pandas as pd
 
@@ -110,13 +111,13 @@ def draw_figures(loaded, figures: list[Figure], out, cfg: dict, mode: str = "noi
                 rel = f"{fig.name}/{r:02d}-{_slug(row.label)}-s{j}.png"
                 save_png(images[r * n + j], out / rel)
                 records.append({"figure": f"{fig.name}.png", "row": r, "label": row.label, "weight": row.weight,
-                                "column": j, "seed": seed, "prompt": str(row.prompt), "mode": mode, "path": rel,
+                                "column": j, "seed": seed, "prompt": str(row.prompt), "mode": fig.mode, "path": rel,
                                 "embedding_checksum": loaded.checksums(row.prompt),
                                 "base_model": loaded.model.model_id, "steps": int(cfg["steps"]),
                                 "guidance": float(cfg["guidance"]), "scheduler": cfg["scheduler"],
                                 "negative_prompt": cfg["negative_prompt"]})
         image_grid(list(images), out / f"{fig.name}.png", ncols=n, row_labels=[row.label for row in fig.rows],
-                   titles=[f"seed {j}" for j in range(n)], suptitle=fig.title)
+                   titles=[f"sample {j + 1}" for j in range(n)], suptitle=fig.title)
         log.info("%s: %d x %d images -> %s", fig.name, len(fig.rows), n, out / f"{fig.name}.png")
     with atomic_path(out / TABLE) as tmp:
         pd.DataFrame(records).to_csv(tmp, index=False, lineterminator="\n")
@@ -145,7 +146,7 @@ def _figures(loaded, start, end, combine, mode, weights, names: dict[str, str] |
         name = f"sweep-{_slug(label(a))}-to-{_slug(label(b))}" if names else "sweep"
         how = "composable diffusion" if mode == "noise" else f"{mode} embedding interpolation"
         figures.append(Figure(name, f"{label(a)} -> {label(b)} ({how}; w = weight of {label(b)})",
-                              sweep_rows(a, b, weights, mode)))
+                              sweep_rows(a, b, weights, mode), mode))
     if combine:
         prompts = [loaded.resolve(c) for c in combine]
         labels = [label(p) for p in prompts]
@@ -196,7 +197,7 @@ def _run(params, loaded, figures: list[Figure], out, cfg: dict, modality: str, i
     with track(params, "interpolate", run_name=f"interpolate-{modality}", inputs=inputs,
                tags={"modality": modality, "base_model": loaded.model.model_id}) as t:
         t.log_params(dict(cfg) | {"figures": ",".join(f.name for f in figures)})
-        table = draw_figures(loaded, figures, out, cfg, cfg["mode"])
+        table = draw_figures(loaded, figures, out, cfg)
         for fig in figures:
             t.log_artifact(Path(out) / f"{fig.name}.png")
     return table

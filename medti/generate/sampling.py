@@ -2,7 +2,9 @@
 
 Every image has its own seed and its own ``torch.Generator`` (for its starting noise and, with ancestral
 schedulers, for its per-step noise), so image i comes out the same whatever else is in its batch: any image
-can be regenerated alone, and a resumed run matches an uninterrupted one.
+can be regenerated alone, and a resumed run matches an uninterrupted one. "The same" is exact for equal
+batch sizes; across batch sizes, kernels that pick their algorithm by batch shape (CPU convolutions) round
+differently, by about 1e-6, which can move a few 8-bit pixels by one grey level.
 
 Per denoising step one UNet call carries the whole batch: each image's unconditional (negative-prompt)
 row and one row per sub-prompt. Sub-prompts are combined in noise-prediction space (composable

@@ -167,11 +167,14 @@ def load_base_model(spec: str = "tiny", device: str | torch.device = "cpu", dtyp
     """Load the frozen components of a Stable Diffusion 1.x/2.x checkpoint.
 
     ``spec`` is ``tiny``, ``random:<arch>`` (tiny, small, sd15, sd2), a local diffusers folder, or a hub id
-    (read from the Hugging Face cache when ``local_files_only``). Weights are frozen and in eval mode.
+    (read from the Hugging Face cache when ``local_files_only``). Weights are frozen and in eval mode, all
+    in ``dtype`` (None: float32, whatever the files store; transformers would otherwise keep a stored fp16
+    text encoder while diffusers widens the UNet and VAE).
     """
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
+    dtype = dtype or torch.float32
     model_id, folder = resolve_model_spec(spec)
     source = str(folder) if folder is not None else spec
     kw = dict(local_files_only=local_files_only if folder is None else True)
@@ -201,13 +204,7 @@ def load_base_model(spec: str = "tiny", device: str | torch.device = "cpu", dtyp
     if folder is not None and (folder / MARKER).is_file():
         info = json.loads((folder / MARKER).read_text(encoding="utf-8"))
     random_weights = bool(info.get("random_weights", False))
-    device = torch.device(device)
-    for name in ("text_encoder", "vae", "unet"):
-        m = loaded.get(name)
-        if m is not None:
-            m.requires_grad_(False)
-            m.eval()
-            m.to(device=device)
+    _freeze(loaded, device)
     if random_weights:
         log.warning(RANDOM_WARNING.format(model_id))
     return BaseModel(
@@ -215,3 +212,32 @@ def load_base_model(spec: str = "tiny", device: str | torch.device = "cpu", dtyp
         vae=loaded.get("vae"), unet=loaded.get("unet"), noise_scheduler=loaded.get("scheduler"),
         path=folder, random_weights=random_weights, info=info,
     )
+
+
+def _freeze(modules: dict, device) -> None:
+    for name in ("text_encoder", "vae", "unet"):
+        m = modules.get(name)
+        if m is not None:
+            m.requires_grad_(False)
+            m.eval()
+            m.to(device=torch.device(device))
+
+
+def build_random_model(arch: str, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
+                       seed: int = 0, prediction_type: str = "epsilon") -> BaseModel:
+    """A random-weight ``arch`` model (tiny, small, sd15, sd2) built in memory from its configs, frozen like
+    ``load_base_model``'s, without writing the (for SD 1.5/2.0, multi-GB) weights to the cache."""
+    import tempfile
+
+    from medti.models.architectures import build_components
+
+    with tempfile.TemporaryDirectory(prefix="medti-tokenizer-") as tmp:
+        tok, te, vae, unet, sched = build_components(arch, Path(tmp), seed=seed, prediction_type=prediction_type)
+    modules = {"text_encoder": te, "vae": vae, "unet": unet}
+    if dtype is not None and dtype != torch.float32:
+        for m in modules.values():
+            m.to(dtype=dtype)
+    _freeze(modules, device)
+    return BaseModel(model_id=f"random:{arch}", tokenizer=tok, text_encoder=te, vae=vae, unet=unet,
+                     noise_scheduler=sched, random_weights=True,
+                     info={"medti_arch": arch, "seed": seed, "random_weights": True})

@@ -2,14 +2,13 @@
 
 Writes ``--files`` single-frame 16-bit DICOMs of ``--size`` pixels (a few per subject, a window in the header,
 labels in a CSV keyed by path) into a temporary folder, then ingests them with ``--workers`` processes in a
-fresh Python process (so the figures are the ingestion's own), sampling the memory of that process and its
-workers every 50 ms. Ingestion streams: each worker writes its PNGs as it goes and returns metadata only, so
+process of its own (the real ``medti prepare`` command), sampling the memory of that process and its workers
+every 50 ms. Ingestion streams: each worker writes its PNGs as it goes and returns metadata only, so
 peak memory stays flat as the number of files grows (compare ``--files 2500`` with ``--files 10000``).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -52,13 +51,14 @@ def _bench(args) -> int:
         write_bench_dicoms(work / "dicom", args.files, args.size, args.per_subject)
         write_seconds = time.perf_counter() - start
         config = {"input": str(work / "dicom"), "out": str(work / "prepared"), "workers": workers,
-                  "out_size": args.out_size, "root": str(work)}
+                  "out_size": args.out_size, "root": str(work), "files": args.files}
+        load_before = os.getloadavg()[0]
         result = _run_ingestion(config)
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
     summary = {"files": args.files, "size": args.size, "per_subject": args.per_subject, "workers": workers,
-               "write_seconds": write_seconds, "machine": machine(), **result}
+               "write_seconds": write_seconds, "load_before": load_before, "machine": machine(), **result}
     if args.keep:
         summary["kept"] = str(work)
     print(report(summary))
@@ -130,29 +130,63 @@ def _template(size: int) -> tuple[bytes, dict[str, int]]:
     return data, offsets
 
 
-# -- the ingestion, in its own process -------------------------------------------------------------------------
+# -- the ingestion: the real command, watched from outside ---------------------------------------------------
 def _run_ingestion(config: dict) -> dict:
+    """Run ``medti prepare`` (standalone form) on the benchmark folder as its own process, sampling the memory
+    of that process and its workers, and timing it (wall clock and CPU time of the whole process tree)."""
+    import resource
+
+    import psutil
+
     from medti.errors import MedtiError
 
+    folder = Path(config["input"])
+    cmd = [sys.executable, "-m", "medti.cli", "prepare", "-q", "--source-type", "dicom", "--input", str(folder),
+           "--labels", str(folder / "labels.csv"), "--label-key", "path", "--classes", ",".join(CLASSES),
+           "--out", config["out"], "--workers", str(config["workers"]), "--size", str(config["out_size"]),
+           "--split", "0.5,0.25,0.25", "--ti-per-class", "100"]
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}  # nothing to track here
-    cmd = [sys.executable, "-m", "medti.preprocess.bench", json.dumps(config)]
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=None, text=True, env=env)
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
-    if proc.returncode != 0 or not lines:
-        raise MedtiError(f"bench ingest: the ingestion process failed (exit status {proc.returncode})")
-    return json.loads(lines[-1])
+    env["MEDTI_PROJECT_ROOT"] = config["root"]  # the salt of this throw-away data set lives with it
+    startup, startup_rss_mb = _startup(env)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL)
+    sampler = MemorySampler(psutil.Process(proc.pid))
+    sampler.start()
+    returncode = proc.wait()
+    seconds = time.perf_counter() - start
+    memory = sampler.stop()
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)  # the command and its workers, all waited for
+    if returncode != 0:
+        raise MedtiError(f"bench ingest: medti prepare failed (exit status {returncode}); see its error above")
+    summary = json.loads((Path(config["out"]) / "summary.json").read_text())
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return {"seconds": seconds, "startup_seconds": startup, "startup_rss_mb": startup_rss_mb,
+            "images": summary["images_total"],
+            "rejected": summary["rejected"], "files_per_s": config["files"] / seconds,
+            "files_per_s_after_startup": config["files"] / max(seconds - startup, 1e-9),
+            "cpu_ms_per_file": 1000 * cpu / config["files"], **memory}
+
+
+def _startup(env: dict) -> tuple[float, float]:
+    """Seconds and peak RSS (MB) of ``medti prepare`` starting (imports, logging set-up) and stopping: a run
+    that fails at once for a missing option. Run before any other child, so RUSAGE_CHILDREN's peak is its."""
+    import resource
+
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "medti.cli", "prepare", "-q"], env=env, capture_output=True)
+    seconds = time.perf_counter() - start
+    return seconds, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
 
 
 class MemorySampler(threading.Thread):
-    """Peak memory of this process and its children, sampled every ``interval`` seconds: the largest RSS of
-    any one of them, and the peak over time of their summed RSS and summed PSS (PSS shares pages that forked
-    workers have in common among them, so its sum is the real footprint; summed RSS counts them again)."""
+    """Peak memory of a process and its children, sampled every ``interval`` seconds: the largest RSS of the
+    process and of any one child, and the peak over time of their summed RSS and summed PSS (PSS splits the
+    pages forked workers share among them, so its sum is the real footprint; summed RSS counts them again)."""
 
-    def __init__(self, interval: float = 0.05):
+    def __init__(self, root, interval: float = 0.05):
         super().__init__(daemon=True)
-        import psutil
-
-        self.root = psutil.Process()
+        self.root = root
         self.interval = interval
         self.peak = {"rss_main_mb": 0.0, "rss_worker_mb": 0.0, "rss_sum_mb": 0.0, "pss_sum_mb": 0.0}
         self.workers_seen = 0
@@ -164,7 +198,7 @@ class MemorySampler(threading.Thread):
         try:
             children = self.root.children(recursive=True)
         except psutil.Error:
-            children = []
+            return
         self.workers_seen = max(self.workers_seen, len(children))
         rss, pss = [], []
         for proc in [self.root, *children]:
@@ -189,57 +223,20 @@ class MemorySampler(threading.Thread):
     def stop(self) -> dict:
         self._done.set()
         self.join()
-        self.sample()
         return dict(self.peak, workers_seen=self.workers_seen)
-
-
-def ingest(config: dict) -> dict:
-    """Ingest the benchmark folder as ``medti prepare`` does, timing it and sampling memory."""
-    import psutil
-
-    from medti.preprocess import prepare_source
-
-    source = {"type": "dicom", "path": config["input"],
-              "labels": {"csv": str(Path(config["input"]) / "labels.csv"), "key": "path"}}
-    settings = {"size": config["out_size"], "ti_per_class": 100, "split": {"train": 0.5, "val": 0.25, "test": 0.25}}
-    baseline_mb = psutil.Process().memory_info().rss / 2**20
-    sampler = MemorySampler()
-    sampler.start()
-    start = time.perf_counter()
-    try:
-        result = prepare_source(source, CLASSES, config["out"], settings=settings, workers=config["workers"],
-                                root=config["root"])
-    finally:
-        seconds = time.perf_counter() - start
-        memory = sampler.stop()
-    return {"seconds": seconds, "images": result.images, "rejected": result.rejected,
-            "files_per_s": (result.images + result.rejected) / seconds, "baseline_rss_mb": baseline_mb, **memory}
 
 
 def report(s: dict) -> str:
     m = s["machine"]
     return "\n".join([
         f"ingestion benchmark: {s['files']} DICOM files of {s['size']}x{s['size']} px ({s['per_subject']} per subject), "
-        f"{s['workers']} workers",
-        f"machine: {m['cpu']} ({m['cores']} CPU cores)",
-        f"written in {s['write_seconds']:.1f} s; ingested {s['images']} images ({s['rejected']} rejected) in "
-        f"{s['seconds']:.1f} s: {s['files_per_s']:.0f} files/s",
-        f"peak memory: ingestion process {s['rss_main_mb']:.0f} MB RSS (at start {s['baseline_rss_mb']:.0f} MB), "
-        f"largest worker {s['rss_worker_mb']:.0f} MB RSS; all {1 + s['workers_seen']} processes together "
-        f"{s['pss_sum_mb']:.0f} MB PSS ({s['rss_sum_mb']:.0f} MB summed RSS)",
+        f"medti prepare with {s['workers']} workers",
+        f"machine: {m['cpu']} ({m['cores']} CPU cores); load average {s['load_before']:.1f} before the run",
+        f"written in {s['write_seconds']:.1f} s; medti prepare took {s['seconds']:.1f} s: {s['files_per_s']:.0f} files/s "
+        f"({s['images']} images, {s['rejected']} rejected); without its {s['startup_seconds']:.1f} s start-up "
+        f"{s['files_per_s_after_startup']:.0f} files/s; CPU time (all processes) {s['cpu_ms_per_file']:.1f} ms per file",
+        f"peak memory: main process {s['rss_main_mb']:.0f} MB RSS (start-up alone: {s['startup_rss_mb']:.0f} MB), "
+        f"largest worker {s['rss_worker_mb']:.0f} MB RSS; "
+        f"all {1 + s['workers_seen']} processes together {s['pss_sum_mb']:.0f} MB PSS "
+        f"({s['rss_sum_mb']:.0f} MB summed RSS, counting shared pages once per process)",
     ] + ([f"kept: {s['kept']}"] if s.get("kept") else []))
-
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description="the ingestion side of medti bench ingest (internal)")
-    parser.add_argument("config")
-    args = parser.parse_args(argv)
-    from medti.logs import setup_logging
-
-    setup_logging(quiet=True)
-    print(json.dumps(ingest(json.loads(args.config))), flush=True)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -2,13 +2,8 @@
 
 from __future__ import annotations
 
-import argparse
-import logging
-
 from medti.cliutils import add_common, load_params_arg
 from medti.errors import ConfigError
-
-log = logging.getLogger("medti.prepare")
 
 # Options of the standalone form only (with --params, params.yaml holds them)
 _STANDALONE_FLAGS = ("seed", "source_type", "input", "labels", "label_key", "label_column", "label_tag", "label_map",

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import warnings
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -50,12 +51,12 @@ def header_strings(ds) -> list[str]:
 
 def identifying_values(ds) -> tuple[str, ...]:
     """The values of a dataset's identifying attributes (medti.deid.IDENTIFYING_KEYWORDS), as text."""
-    from medti.deid import IDENTIFYING_KEYWORDS
-
     out = []
-    for keyword in IDENTIFYING_KEYWORDS:
+    for tag in _identifying_tags():
+        if tag not in ds:
+            continue
         try:
-            value = ds.get(keyword)
+            value = ds[tag].value
         except Exception:  # noqa: BLE001 - an unreadable value cannot be matched either
             continue
         if value is None or isinstance(value, (bytes, list)) and not value:
@@ -64,6 +65,15 @@ def identifying_values(ds) -> tuple[str, ...]:
             text = str(v).strip()
             out += [text] + ([part for part in text.split("^") if part] if "^" in text else [])
     return tuple(dict.fromkeys(v for v in out if v))
+
+
+@lru_cache(maxsize=1)
+def _identifying_tags() -> tuple:
+    from pydicom.datadict import tag_for_keyword
+
+    from medti.deid import IDENTIFYING_KEYWORDS
+
+    return tuple(tag_for_keyword(k) for k in IDENTIFYING_KEYWORDS)
 
 
 def _values(value) -> list:
@@ -97,12 +107,7 @@ def parse(data: bytes, stop_before_pixels: bool = False):
         except Exception as exc:  # noqa: BLE001 - any parse failure means a corrupt or truncated file
             raise Rejected("unreadable", f"corrupt or truncated DICOM: the header cannot be parsed "
                                          f"({type(exc).__name__})") from None
-        _check_complete(ds)
-        try:
-            ds.decode()  # parse every element now, so a damaged header fails here and not later
-        except Exception as exc:  # noqa: BLE001
-            raise Rejected("unreadable", f"corrupt or truncated DICOM: a header element cannot be read "
-                                         f"({type(exc).__name__})") from None
+        _check_complete(ds)  # elements are converted when first read (reading_validation_mode is IGNORE)
     _ensure_transfer_syntax(ds)
     return ds
 

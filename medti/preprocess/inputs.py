@@ -13,12 +13,13 @@ from medti.preprocess.records import Rejected
 def list_files(root: Path, exclude: set[Path] = frozenset()) -> list[str]:
     """Every file under ``root`` (recursive, sorted), as posix paths relative to ``root``."""
     excluded = {p.resolve() for p in exclude}
+    excluded_names = {p.name for p in exclude} | {p.name for p in excluded}
     out = []
     for folder, dirs, files in os.walk(root):
         dirs.sort()
         for name in sorted(files):
             full = Path(folder) / name
-            if full.resolve() in excluded:
+            if name in excluded_names and full.resolve() in excluded:  # resolve (slow) only where it may matter
                 continue
             out.append(full.relative_to(root).as_posix())
     return out

@@ -329,9 +329,10 @@ def _finish(tmp: Path, records, rejects, classes, settings, seed: int, modality:
                     for p in r.inputs]
         (tmp / ".staging" / r.staged).unlink()
     table = []
+    for split, cls in {(split, r.cls) for r, split in rows}:
+        (tmp / "images" / split / cls).mkdir(parents=True)
     for r, split in rows:
         rel = Path("images") / split / r.cls / f"{r.image_id}.png"
-        (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
         os.replace(tmp / ".staging" / r.staged, tmp / rel)
         table.append({"path": rel.as_posix(), "modality": modality, "class": r.cls, "label": classes.index(r.cls),
                       "subject_id": r.subject_id, "split": split, "source_checksum": r.source_checksum,

@@ -37,7 +37,7 @@ class Rejected(Exception):
         return [Reject(redact_path(p, self.identifiers), self.kind, reason, self.line) for p in paths]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Reject:
     path: str            # relative to the input root (or the labels file, or '<file>#<split>/<index>')
     kind: str
@@ -45,7 +45,7 @@ class Reject:
     line: int | None = None  # the labels CSV line the input matched, if any (not written out)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ImageRecord:
     image_id: str
     subject_id: str

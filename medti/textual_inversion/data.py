@@ -82,7 +82,7 @@ def load_images(paths: list[Path], resolution: int) -> torch.Tensor:
         try:
             with Image.open(p) as im:
                 im.load()
-                img = im.convert("RGB")
+                img = _to_rgb(im)
         except FileNotFoundError:
             raise InputError(f"{p}: training image not found") from None
         except (UnidentifiedImageError, OSError, ValueError) as exc:
@@ -105,6 +105,21 @@ def load_images(paths: list[Path], resolution: int) -> torch.Tensor:
         log.warning("%d of %d training images are not %dx%d (sizes: %s): resized%s", resized, len(paths),
                     resolution, resolution, seen, f", {cropped} non-square ones centre-cropped" if cropped else "")
     return out
+
+
+def _to_rgb(im):
+    """8-bit RGB; 16-bit and float images (PIL modes I;16, I, F) are stretched from their own minimum and
+    maximum to 0-255 first (a plain ``convert("RGB")`` clips them to white)."""
+    from PIL import Image
+
+    if im.mode in ("RGB", "L", "P", "RGBA", "LA", "CMYK", "YCbCr", "1"):
+        return im.convert("RGB")
+    import numpy as np
+
+    a = np.asarray(im, dtype=np.float64)
+    lo, hi = float(a.min()), float(a.max())
+    a = (a - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(a)
+    return Image.fromarray(a.round().astype(np.uint8)).convert("RGB")
 
 
 def to_unit_range(images: torch.Tensor) -> torch.Tensor:

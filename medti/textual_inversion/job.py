@@ -13,7 +13,7 @@ import logging
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -89,7 +89,8 @@ def train_embedding(images, settings: TrainSettings, *, base_model="tiny", outpu
     if isinstance(base_model, BaseModel):
         model = base_model
     else:
-        model = load_base_model(str(base_model), device=device, local_files_only=local_files_only, revision=revision)
+        model = load_base_model(str(base_model), device=device, dtype=dtype, local_files_only=local_files_only,
+                                revision=revision)
     model.to(device, dtype)
 
     source = str(images) if isinstance(images, (str, os.PathLike)) else (str(manifest) if manifest else "images")
@@ -108,7 +109,7 @@ def train_embedding(images, settings: TrainSettings, *, base_model="tiny", outpu
             raise ModelError(f"{init_embedding}: embedding width {start.dim} does not match base model "
                              f"'{model.model_id}' (text encoder width {model.embedding_dim}): it was trained "
                              "for another base model")
-        settings.num_vectors = start.num_vectors
+        settings = replace(settings, num_vectors=start.num_vectors)  # the caller's stay as given
         init_vectors, init_checksum = start.vectors, start.checksum()
 
     trainer = EmbeddingTrainer(model, settings, pixels, device, dtype, init_vectors=init_vectors)

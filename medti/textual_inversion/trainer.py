@@ -68,7 +68,8 @@ class EmbeddingTrainer:
 
         self.num_images = int(images.shape[0])
         views = ViewMaker(s.augment, self.num_images, s.seed)
-        self.latents: LatentCache = encode_latents(model.vae, images, views, device, dtype)
+        # the training batch bounds the encoding batch too, so encoding never peaks above training
+        self.latents: LatentCache = encode_latents(model.vae, images, views, device, dtype, batch_size=s.batch_size)
         self.num_views = views.num_views
         release_vae_encoder(model, keep_decoder=s.validation_images > 0)
 
@@ -140,8 +141,9 @@ class EmbeddingTrainer:
         if s.gradient_checkpointing:
             m.unet.enable_gradient_checkpointing()
             cfg = m.text_encoder.config
+            dropout = getattr(cfg, "dropout", 0.0) or getattr(cfg, "attention_dropout", 0.0)  # 5.x has no `dropout`
             # transformers checkpoints only in train mode; CLIP's dropout is 0, so train mode changes nothing else
-            if hasattr(m.text_encoder, "gradient_checkpointing_enable") and not (cfg.dropout or cfg.attention_dropout):
+            if hasattr(m.text_encoder, "gradient_checkpointing_enable") and not dropout:
                 m.text_encoder.gradient_checkpointing_enable()
                 m.text_encoder.train()
         if s.compile:

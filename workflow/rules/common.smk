@@ -29,6 +29,7 @@ OUT = {
     "embeddings": config["train_embedding"]["out"],
     "train_reports": config["train_embedding"]["reports"],
     "synthetic": config["generate"]["out"],
+    "interpolate": config["interpolate"]["out"],
     "classifiers": config["classifier"]["out"],
     "evaluate": config["evaluate"]["out"],
     "report": config["report"]["out"],

@@ -6,6 +6,7 @@ rule report:
         evaluate=expand(f"{OUT['evaluate']}/{{modality}}", modality=MODALITIES),
         prepared=expand(f"{OUT['prepared']}/{{modality}}", modality=MODALITIES),
         synthetic=expand(f"{OUT['synthetic']}/{{modality}}", modality=MODALITIES),
+        interpolate=expand(f"{OUT['interpolate']}/{{modality}}", modality=MODALITIES),
         train_reports=[f"{OUT['train_reports']}/{m}/{c}" for m in MODALITIES for c in classes(m)],
     output:
         directory(OUT["report"]),
@@ -20,5 +21,6 @@ rule report:
     threads: 1
     shell:
         f"medti report --params params.yaml --evaluate {OUT['evaluate']} --prepared {OUT['prepared']}"
-        f" --synthetic {OUT['synthetic']} --train-reports {OUT['train_reports']} --out {{output}}"
+        f" --synthetic {OUT['synthetic']} --train-reports {OUT['train_reports']}"
+        f" --interpolate {OUT['interpolate']} --out {{output}}"
         " --log {log}"
