@@ -44,20 +44,13 @@ def quiet_libraries() -> None:
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", message=".*torchvision.*")
-    try:
-        import transformers
-
-        transformers.utils.logging.set_verbosity_error()
-        transformers.utils.logging.disable_progress_bar()
-    except Exception:  # pragma: no cover - transformers is a hard dependency, but keep logging robust
-        pass
-    try:
-        import diffusers
-
-        diffusers.utils.logging.set_verbosity_error()
-        diffusers.utils.logging.disable_progress_bar()
-    except Exception:  # pragma: no cover
-        pass
+    # The variables above take effect when these libraries are imported; set them directly only where they
+    # are already loaded (importing them here would cost every command seconds it may not need).
+    for name in ("transformers", "diffusers"):
+        module = sys.modules.get(name)
+        if module is not None:
+            module.utils.logging.set_verbosity_error()
+            module.utils.logging.disable_progress_bar()
 
 
 def progress(iterable=None, **kwargs):

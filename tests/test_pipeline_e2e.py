@@ -81,6 +81,8 @@ def test_snakemake_runs_the_default_pipeline_to_a_report(snakemake_project):
         emb = snakemake_project / "embeddings" / entry["modality"] / f"{entry['class']}.safetensors"
         assert emb.is_file() and emb.stat().st_size < 300_000
     for modality in params["modalities"]:
+        rejects = (snakemake_project / "data" / "prepared" / modality / "rejects.csv").read_text().splitlines()
+        assert rejects[1:] == [], f"{modality}: the phantoms are all valid inputs, yet {rejects[1:]} were rejected"
         metrics = json.loads((snakemake_project / "results" / "evaluate" / f"{modality}.metrics.json").read_text())
         assert set(params["classifier"]["conditions"]) <= set(metrics)
         assert (snakemake_project / "results" / "evaluate" / f"{modality}.roc.csv").is_file()

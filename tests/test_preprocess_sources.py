@@ -314,3 +314,16 @@ def test_a_wide_image_is_squared_by_padding_or_cropping(fit, expected):
     assert out.shape == (4, 4, 3)
     np.testing.assert_array_equal(out[..., 0] // 255, expected)
     assert finish(np.ones((2, 6), np.float32), 4, "resize", "grey").shape == (4, 4)
+
+
+def test_hidden_bookkeeping_files_are_not_inputs(tmp_path):
+    """Snakemake leaves .snakemake_timestamp in directory outputs (the phantom folders); Finder leaves .DS_Store."""
+    from medti.preprocess.inputs import list_files
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "x.dcm").write_bytes(b"")
+    (tmp_path / ".snakemake_timestamp").write_text("")
+    (tmp_path / "a" / ".DS_Store").write_text("")
+    (tmp_path / ".git").mkdir()
+    (tmp_path / ".git" / "config").write_text("")
+    assert list_files(tmp_path) == ["a/x.dcm"]

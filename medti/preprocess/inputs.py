@@ -11,13 +11,18 @@ from medti.preprocess.records import Rejected
 
 
 def list_files(root: Path, exclude: set[Path] = frozenset()) -> list[str]:
-    """Every file under ``root`` (recursive, sorted), as posix paths relative to ``root``."""
+    """Every file under ``root`` (recursive, sorted), as posix paths relative to ``root``.
+
+    Hidden files and folders (``.snakemake_timestamp``, ``.DS_Store``, ``.git``) are bookkeeping, not inputs.
+    """
     excluded = {p.resolve() for p in exclude}
     excluded_names = {p.name for p in exclude} | {p.name for p in excluded}
     out = []
     for folder, dirs, files in os.walk(root):
-        dirs.sort()
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for name in sorted(files):
+            if name.startswith("."):
+                continue
             full = Path(folder) / name
             if name in excluded_names and full.resolve() in excluded:  # resolve (slow) only where it may matter
                 continue
