@@ -81,7 +81,7 @@ def train(folder: Path, lr: float):
 
     settings = TrainSettings(token="<shape>", templates=[PROMPT], init="word", init_words="ring", num_vectors=2,
                              steps=80, batch_size=8, lr=lr, lr_scheduler="constant", warmup_steps=0,
-                             max_grad_norm=None, validation_images=0, seed=3).validate()
+                             max_grad_norm=None, validation_images=0, seed=3, device="cpu").validate()
     return train_embedding(folder, settings, base_model=str(FIXTURE))
 
 

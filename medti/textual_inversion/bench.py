@@ -73,8 +73,9 @@ def run(args) -> int:
     if device.type != "cuda" and {"sd15", "sd2"} & set(models) and not args.resolution:
         print("note: SD 1.5/2.0 at 512 px on a CPU take minutes per step; --resolution 256 --steps 3 is quicker",
               flush=True)
-    print(f"medti bench train on {machine}; batch {args.batch_size}, {args.num_vectors} vectors, {args.images} images, "
-          f"{args.steps} timed steps after {args.warmup}; threads {args.threads or torch.get_num_threads()}", flush=True)
+    threads = args.threads or torch.get_num_threads()
+    print(f"medti bench train on {machine}; batch {args.batch_size}, {args.num_vectors} vectors, {args.images} "
+          f"images, {args.steps} timed steps after {args.warmup}; threads {threads}", flush=True)
     results = []
     for arch in models:
         best: dict[str, dict] = {}
@@ -183,7 +184,8 @@ def bench_images(n: int, resolution: int):
 
     from medti.toydata import draw_shapes
 
-    grey = np.concatenate([draw_shapes("disc", (n + 1) // 2, 0, resolution), draw_shapes("ring", n // 2, 1, resolution)])
+    grey = np.concatenate([draw_shapes("disc", (n + 1) // 2, 0, resolution),
+                           draw_shapes("ring", n // 2, 1, resolution)])
     return torch.from_numpy(grey).unsqueeze(1).expand(-1, 3, -1, -1).contiguous()
 
 
