@@ -21,6 +21,14 @@ def pytest_configure(config):
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     os.environ.setdefault("MEDTI_TRACKING", "0")  # tests that exercise MLflow turn it on themselves
     os.environ.pop("MLFLOW_TRACKING_URI", None)
+    config.medti_timings = []  # wall-clock figures tests report (not assert), printed in the summary
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    if getattr(config, "medti_timings", None):
+        terminalreporter.section("medti timings (reported, not asserted)")
+        for line in config.medti_timings:
+            terminalreporter.write_line(line)
 
 
 def pytest_collection_modifyitems(config, items):

@@ -64,11 +64,12 @@ def planned_jobs(proc_output: str) -> dict[str, int]:
 
 
 @pytest.fixture(scope="module")
-def snakemake_project(tmp_path_factory):
+def snakemake_project(tmp_path_factory, pytestconfig):
     project = copy_checkout(tmp_path_factory.mktemp("snakemake") / "medti")
     start = time.monotonic()
     run([BIN / "snakemake", "--cores", CORES, "--resources", "gpu=1"], project)
-    print(f"\n[e2e] default pipeline through snakemake --cores {CORES}: {time.monotonic() - start:.0f} s")
+    pytestconfig.medti_timings.append(
+        f"default pipeline through snakemake --cores {CORES}: {time.monotonic() - start:.0f} s")
     return project
 
 
@@ -155,12 +156,12 @@ def test_no_dicom_header_value_reaches_any_output(snakemake_project):
 
 
 @pytest.fixture(scope="module")
-def dvc_project(tmp_path_factory):
+def dvc_project(tmp_path_factory, pytestconfig):
     base = tmp_path_factory.mktemp("dvc")
     project = copy_checkout(base / "medti")
     start = time.monotonic()
     run([BIN / "dvc", "repro"], project)
-    print(f"\n[e2e] default pipeline through dvc repro: {time.monotonic() - start:.0f} s")
+    pytestconfig.medti_timings.append(f"default pipeline through dvc repro: {time.monotonic() - start:.0f} s")
     run(["git", "-c", "user.name=t", "-c", "user.email=t@example.org", "add", "-A"], project)
     run(["git", "-c", "user.name=t", "-c", "user.email=t@example.org", "commit", "-qm", "pipeline run"], project)
     return project
