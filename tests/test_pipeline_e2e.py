@@ -9,6 +9,7 @@ The wall-clock time of each run is printed (docs/performance.md records it); it 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -94,16 +95,24 @@ def test_a_second_run_does_nothing(snakemake_project):
     assert "Nothing to be done" in proc.stdout + proc.stderr
 
 
-def test_one_changed_parameter_reruns_only_what_depends_on_it(snakemake_project):
-    params_file = snakemake_project / "params.yaml"
+@contextlib.contextmanager
+def one_init_phrase_changed(project: Path):
+    """params.yaml with one class's init phrase changed (yields the original parameters), then restored."""
+    params_file = project / "params.yaml"
     original = params_file.read_text()
     params = yaml.safe_load(original)
-    params["classes"]["chest_xray-opacity"]["init"] = "round opacity chest x-ray"
-    params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+    changed = yaml.safe_load(original)
+    changed["classes"]["chest_xray-opacity"]["init"] = "round opacity chest x-ray"
+    params_file.write_text(yaml.safe_dump(changed, sort_keys=False))
     try:
-        proc = run([BIN / "snakemake", "-n", "--cores", CORES], snakemake_project)
+        yield params
     finally:
         params_file.write_text(original)
+
+
+def test_one_changed_parameter_reruns_only_what_depends_on_it(snakemake_project):
+    with one_init_phrase_changed(snakemake_project) as params:
+        proc = run([BIN / "snakemake", "-n", "--cores", CORES], snakemake_project)
     jobs = planned_jobs(proc.stdout + proc.stderr)
     n_clf = len(params["classifier"]["conditions"]) * len(params["classifier"]["seeds"])
     assert jobs == {"train_embedding": 1, "generate": 1, "interpolate": 1, "train_classifier": n_clf, "evaluate": 1,
@@ -176,15 +185,8 @@ def test_dvc_repro_runs_the_default_pipeline_and_a_second_run_does_nothing(dvc_p
 
 
 def test_dvc_reruns_only_stages_whose_parameters_changed(dvc_project):
-    params_file = dvc_project / "params.yaml"
-    original = params_file.read_text()
-    params = yaml.safe_load(original)
-    params["classes"]["chest_xray-opacity"]["init"] = "round opacity chest x-ray"
-    params_file.write_text(yaml.safe_dump(params, sort_keys=False))
-    try:
+    with one_init_phrase_changed(dvc_project):
         status = yaml.safe_load(run([BIN / "dvc", "status", "--json"], dvc_project).stdout)
-    finally:
-        params_file.write_text(original)
     changed = set(status)
     # `classes` is one parameter section: prepare/generate of every modality see it change, but their outputs
     # do not change, so `dvc repro` skips their downstream; the embeddings of other classes do not see it.
