@@ -206,7 +206,7 @@ def prepare_dataset(params: dict, modality: str, out: str | os.PathLike | None =
         raise ConfigError(f"modalities.{modality}.source.labels: a DICOM source needs labels.csv (with key) or labels.tag")
     if cfg["type"] == "volume" and not labeler.from_csv:
         raise ConfigError(f"modalities.{modality}.source.labels: a volume source needs labels.csv (with key path or case)")
-    sweep_stale_temporaries(out.parent)
+    sweep_stale_temporaries(out.parent, name=out.name)  # not the siblings that parallel jobs are writing
     deid = Deidentifier(load_salt(root))
     with track(params if track_run else None, "prepare", run_name=f"prepare-{modality}",
                tags={"modality": modality}, root=root if track_run else None) as tracker, atomic_dir(out) as tmp:
