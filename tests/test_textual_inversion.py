@@ -4,6 +4,7 @@ after SIGKILL, what it writes and tracks, and each bad input of the issue."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -188,6 +189,52 @@ def test_gradient_checkpointing_gives_the_same_vectors(tiny_model_dir):
         assert m.unet.is_gradient_checkpointing == checkpointing
         vectors.append(trainer.learned_vectors())
     torch.testing.assert_close(vectors[1], vectors[0], rtol=0, atol=1e-6)
+
+
+@pytest.mark.gpu
+def test_half_precision_training_on_the_gpu_follows_fp32(tiny_model_dir):
+    """On a GPU the frozen weights are bf16 (or fp16 with a gradient scaler) under autocast while the vectors
+    stay fp32: the first micro-step's loss and the vectors' gradient match an fp32 run up to rounding."""
+    import torch.nn.functional as F
+
+    from medti.models import load_base_model
+    from medti.textual_inversion.trainer import EmbeddingTrainer
+
+    cuda = torch.device("cuda")
+    pixels = torch.from_numpy(draw_shapes("disc", 4, 0)).unsqueeze(1).expand(-1, 3, -1, -1).contiguous()
+    results = {}
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        m = load_base_model(str(tiny_model_dir), device=cuda, dtype=dtype)
+        trainer = EmbeddingTrainer(m, quick(batch_size=4, device="cuda"), pixels, cuda, dtype)
+        assert next(m.unet.parameters()).dtype == dtype and trainer.vectors.dtype == torch.float32
+        assert (trainer.scaler is not None) == (dtype == torch.float16)
+        loss = float(trainer._micro_step(0, 0))
+        grad = trainer.vectors.grad.detach().float().clone()
+        if trainer.scaler is not None:
+            grad /= trainer.scaler.get_scale()
+        assert torch.isfinite(grad).all() and float(grad.abs().sum()) > 0
+        results[dtype] = loss, grad
+    ref_loss, ref_grad = results[torch.float32]
+    for dtype in (torch.bfloat16, torch.float16):
+        loss, grad = results[dtype]
+        assert abs(loss - ref_loss) <= 0.03 * abs(ref_loss) + 1e-3, (dtype, loss, ref_loss)
+        assert float(F.cosine_similarity(grad.flatten(), ref_grad.flatten(), dim=0)) > 0.98, dtype
+
+
+@pytest.mark.gpu
+def test_gpu_run_writes_an_fp32_embedding_that_moved(tmp_path, tiny_model_dir):
+    from medti.embeddings import load_embedding
+
+    images = write_images(tmp_path / "images", n=6)
+    out, ckpt = tmp_path / "t.safetensors", tmp_path / "ckpt"
+    result = train_embedding(images, quick(device="cuda", steps=20, checkpoint_every=10, lr=5e-2),
+                             base_model=str(tiny_model_dir), output=out, checkpoint_dir=ckpt)
+    emb = load_embedding(out)
+    assert emb.vectors.dtype == torch.float32 and emb.vectors.shape == (2, 64)
+    assert torch.isfinite(emb.vectors).all()
+    assert result.stats["device"].startswith("cuda") and result.stats["dtype"] in ("bfloat16", "float16")
+    assert math.isfinite(result.stats["loss_last"]) and result.stats["peak_memory_mb"] > 0
+    assert not ckpt.exists()  # removed once the outputs are written
 
 
 def test_augmented_views_are_drawn_once_and_flips_are_off_by_default():
@@ -520,6 +567,38 @@ def test_bench_runners_train_what_they_claim():
     line = format_row({"arch": "tiny", "resolution": 32, "method": "medti", "steps_per_s": 3.0, "images_per_s": 6.0,
                        "peak_mb": 600.0, "start_mb": 550.0, "setup_s": 0.4})
     assert "3.000 steps/s" in line and "peak    600.0 MB" in line
+
+
+SCRIPT = """
+import sys, time, torch
+from diffusers import UNet2DConditionModel
+assert sys.argv[1:] == ["--max_train_steps", "6"], sys.argv
+unet = UNet2DConditionModel(sample_size=8, block_out_channels=(32, 64), layers_per_block=1, cross_attention_dim=32,
+                            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), attention_head_dim=8)
+for _ in range(int(sys.argv[2])):
+    with torch.no_grad():
+        unet(torch.randn(1, 4, 8, 8), 1, torch.randn(1, 77, 32))
+    time.sleep(0.1)
+"""
+
+
+def test_script_runner_times_the_steps_after_the_warmup(tmp_path):
+    """``--diffusers-script`` runs the real example inside a wrapper that stamps each UNet pass (one per
+    training step): the rate covers only the steps after the warm-up, not start-up or model loading."""
+    from medti.textual_inversion.bench import SCRIPT_REPORT, SCRIPT_WARMUP
+
+    script = tmp_path / "fake_train.py"
+    script.write_text(SCRIPT)
+    proc = subprocess.run([sys.executable, "-m", "medti.textual_inversion.bench", "--run-script", str(script),
+                           "--max_train_steps", "6"], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, SCRIPT_WARMUP: "2", "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith(SCRIPT_REPORT)]
+    report = json.loads(lines[-1].split(" ", 1)[1])
+    assert report["unet_calls"] == 6 and report["timed_steps"] == 3
+    assert 1.0 < report["steps_per_s"] < 10.0  # each step sleeps 0.1 s
+    assert report["cuda_peak_mb"] is None or report["cuda_peak_mb"] > 0
 
 
 @pytest.mark.slow

@@ -39,6 +39,8 @@ def add_bench_parser(bsub) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"],
                    help="medti's precision (auto: bf16/fp16 on GPU, fp32 on CPU); diffusers keeps its fp32 default")
+    p.add_argument("--diffusers-precision", default="fp32", choices=["fp32", "fp16", "bf16"],
+                   help="diffusers' weights (default fp32, its own default; fp16 gives a stricter comparison on a GPU)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads in both processes")
     p.add_argument("--only", choices=["medti", "diffusers"], help="run one side only")
     p.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
@@ -51,7 +53,7 @@ def _bench(args) -> int:
     if args.n < 1 or args.steps < 1 or args.batch_size < 1:
         raise ConfigError("--n, --steps and --batch-size must be at least 1")
     config = {k: getattr(args, k) for k in ("base_model", "n", "steps", "guidance", "scheduler", "batch_size",
-                                            "resolution", "device", "precision", "threads")}
+                                            "resolution", "device", "precision", "diffusers_precision", "threads")}
     sides = [args.only] if args.only else ["medti", "diffusers"]
     results = {side: _run_worker(side, config) for side in sides}
     summary = {"config": config, "machine": machine(), "results": results}
@@ -164,8 +166,11 @@ def _diffusers(config: dict):
 
     _, folder = resolve_model_spec(config["base_model"])
     device = resolve_device(config["device"])
+    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[
+        config.get("diffusers_precision") or "fp32"]
     pipe = StableDiffusionPipeline.from_pretrained(str(folder or config["base_model"]), safety_checker=None,
-                                                   requires_safety_checker=False, local_files_only=True)
+                                                   requires_safety_checker=False, local_files_only=True,
+                                                   torch_dtype=dtype)
     pipe.scheduler = make_scheduler(config["scheduler"], pipe.scheduler.config)
     pipe = pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
@@ -176,7 +181,9 @@ def _diffusers(config: dict):
             pipe(PROMPT, num_inference_steps=steps, height=resolution, width=resolution,
                  generator=torch.Generator("cpu").manual_seed(seed))
 
-    return draw, "diffusers StableDiffusionPipeline (1 image per call)", device, pipe.unet.dtype, resolution
+    label = "diffusers StableDiffusionPipeline (1 image per call" + (
+        ")" if dtype == torch.float32 else f", {str(dtype).replace('torch.', '')})")
+    return draw, label, device, pipe.unet.dtype, resolution
 
 
 def main(argv=None) -> int:

@@ -8,6 +8,7 @@ Images drawn from randomly initialised weights carry no medical meaning.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 
 import torch
@@ -105,8 +106,12 @@ def get_architecture(name: str) -> Architecture:
     return ARCHITECTURES[name]
 
 
-def build_components(arch: Architecture | str, tokenizer_dir, seed: int = 0, prediction_type: str = "epsilon"):
-    """Build (tokenizer, text_encoder, vae, unet, scheduler) with seeded random weights, in memory."""
+def build_components(arch: Architecture | str, tokenizer_dir, seed: int = 0, prediction_type: str = "epsilon",
+                     device: str | torch.device | None = None):
+    """Build (tokenizer, text_encoder, vae, unet, scheduler) with seeded random weights, in memory.
+
+    ``device``: where the weights are created and initialised (a GPU builds SD 2.0 in seconds rather than a
+    minute); the same seed gives other weights on another device."""
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
@@ -120,16 +125,17 @@ def build_components(arch: Architecture | str, tokenizer_dir, seed: int = 0, pre
         vocab_size=len(tokenizer), bos_token_id=vocab["<|startoftext|>"], eos_token_id=vocab["<|endoftext|>"],
         pad_token_id=vocab["<|endoftext|>"], **arch.text,
     )
-    gen_state = torch.random.get_rng_state()
-    try:
+    place = torch.device(device) if device is not None else contextlib.nullcontext()
+    gpus = []
+    if device is not None and torch.device(device).type == "cuda":
+        gpus = [torch.device(device).index if torch.device(device).index is not None else torch.cuda.current_device()]
+    with torch.random.fork_rng(devices=gpus), place:
         torch.manual_seed(seed)
         text_encoder = CLIPTextModel(text_cfg)
         torch.manual_seed(seed + 1)
         vae = AutoencoderKL(**arch.vae)
         torch.manual_seed(seed + 2)
         unet = UNet2DConditionModel(**arch.unet)
-    finally:
-        torch.random.set_rng_state(gen_state)
     sched_cfg = {k: v for k, v in arch.scheduler.items() if not k.startswith("_")}
     sched_cfg["prediction_type"] = prediction_type
     scheduler = DDPMScheduler.from_config(sched_cfg)

@@ -107,8 +107,10 @@ def cache_dir() -> Path:
     return Path(os.environ.get("MEDTI_CACHE", Path.home() / ".cache" / "medti"))
 
 
-def build_model_folder(folder: str | Path, arch: str = "tiny", seed: int = 0, prediction_type: str = "epsilon") -> Path:
-    """Build a random-weight SD pipeline of ``arch`` and save it as a diffusers folder (atomically)."""
+def build_model_folder(folder: str | Path, arch: str = "tiny", seed: int = 0, prediction_type: str = "epsilon",
+                       device: str | torch.device | None = None) -> Path:
+    """Build a random-weight SD pipeline of ``arch`` and save it as a diffusers folder (atomically);
+    ``device``: where to build it (see ``build_components``)."""
     from diffusers import StableDiffusionPipeline
 
     from medti.atomic import atomic_dir
@@ -116,7 +118,8 @@ def build_model_folder(folder: str | Path, arch: str = "tiny", seed: int = 0, pr
 
     folder = Path(folder)
     with atomic_dir(folder) as tmp:
-        tok, te, vae, unet, sched = build_components(arch, tmp / "tokenizer", seed=seed, prediction_type=prediction_type)
+        tok, te, vae, unet, sched = build_components(arch, tmp / "tokenizer", seed=seed, prediction_type=prediction_type,
+                                                     device=device)
         pipe = StableDiffusionPipeline(
             vae=vae, text_encoder=te, tokenizer=tok, unet=unet, scheduler=sched,
             safety_checker=None, feature_extractor=None, requires_safety_checker=False,
@@ -135,10 +138,13 @@ def tiny_model_path(arch: str = "tiny", seed: int = 0) -> Path:
     if (folder / MARKER).is_file():
         return folder
     folder.parent.mkdir(parents=True, exist_ok=True)
+    # the full-size architectures are built on a GPU where there is one (seconds rather than a minute; their
+    # random weights then differ from a CPU build's, which matters to no one: they only serve benchmarks)
+    device = "cuda" if arch in ("sd15", "sd2") and torch.cuda.is_available() else None
     with FileLock(str(folder) + ".lock", timeout=600):
         if not (folder / MARKER).is_file():
             log.info("building the random '%s' base model into %s (offline, once)", arch, folder)
-            build_model_folder(folder, arch=arch, seed=seed)
+            build_model_folder(folder, arch=arch, seed=seed, device=device)
     return folder
 
 
@@ -231,8 +237,10 @@ def build_random_model(arch: str, device: str | torch.device = "cpu", dtype: tor
 
     from medti.models.architectures import build_components
 
+    on_gpu = torch.device(device).type == "cuda"
     with tempfile.TemporaryDirectory(prefix="medti-tokenizer-") as tmp:
-        tok, te, vae, unet, sched = build_components(arch, Path(tmp), seed=seed, prediction_type=prediction_type)
+        tok, te, vae, unet, sched = build_components(arch, Path(tmp), seed=seed, prediction_type=prediction_type,
+                                                     device=device if on_gpu else None)
     modules = {"text_encoder": te, "vae": vae, "unet": unet}
     if dtype is not None and dtype != torch.float32:
         for m in modules.values():

@@ -51,6 +51,8 @@ def add_bench_parser(bsub) -> None:
                         "accelerate; steps/s from two runs of different length, so start-up cancels out)")
     p.add_argument("--script-args", default="", help="extra arguments for --diffusers-script, as one string")
     p.add_argument("--gradient-checkpointing", action="store_true", help="for medti")
+    p.add_argument("--compile", action="store_true", help="for medti: torch.compile the UNet (warm-up steps compile)")
+    p.add_argument("--channels-last", action="store_true", help="for medti: UNet in channels-last memory format")
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"])
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's own)")
@@ -67,7 +69,7 @@ def run(args) -> int:
     models = args.models or (GPU_DEFAULT if device.type == "cuda" else CPU_DEFAULT)
     methods = ["medti"] + ([] if args.no_baseline else ["script" if args.diffusers_script else "baseline"])
     job = {k: getattr(args, k) for k in ("resolution", "steps", "warmup", "batch_size", "num_vectors", "images",
-                                         "gradient_checkpointing", "device", "precision", "threads",
+                                         "gradient_checkpointing", "compile", "channels_last", "device", "precision", "threads",
                                          "diffusers_script", "script_args")}
     machine = machine_description(device)
     if device.type != "cuda" and {"sd15", "sd2"} & set(models) and not args.resolution:
@@ -238,7 +240,11 @@ class MedtiRunner:
         settings = TrainSettings(token=TOKEN, init_words=INIT_WORD, num_vectors=job["num_vectors"],
                                  steps=job["warmup"] + job["steps"], batch_size=job["batch_size"],
                                  validation_images=0, gradient_checkpointing=job["gradient_checkpointing"],
-                                 warmup_steps=0).validate()
+                                 compile=bool(job.get("compile")), warmup_steps=0).validate()
+        if job.get("channels_last"):
+            import torch
+
+            model.unet.to(memory_format=torch.channels_last)
         self.trainer = EmbeddingTrainer(model, settings, images, device, dtype)
         self.device = device
 
@@ -334,52 +340,104 @@ class BaselineRunner:
 
 
 def run_diffusers_script(job: dict, device) -> dict:
-    """Run the real example script twice (``warmup`` and ``warmup + steps`` steps) on the same model folder
-    and images; steps/s comes from the difference, so start-up and model loading cancel out. Peak memory is
-    the larger child's peak RSS (CPU only: a child's CUDA peak is not visible from here)."""
+    """Run the real example script once for ``warmup + steps`` steps on the same architecture and images.
+
+    The script runs inside ``run_script`` (this module with ``--run-script``), which stamps the start of every
+    UNet forward pass (one per training step; the script waits for each step's loss, so host stamps follow
+    the device) and reports steps/s over the steps after the warm-up, and the CUDA peak, at exit. Start-up and
+    model loading stay out of the rate. On a CPU peak memory is the child's peak RSS."""
     import resource
 
     from PIL import Image
 
     from medti.models.architectures import get_architecture
-    from medti.models.loading import tiny_model_path
+    from medti.models.loading import build_model_folder, tiny_model_path
 
     if not Path(job["diffusers_script"]).is_file():
         from medti.errors import ConfigError
 
         raise ConfigError(f"--diffusers-script {job['diffusers_script']}: no such file")
-    folder = tiny_model_path(job["arch"])  # built into medti's cache once (GBs for sd15/sd2)
     resolution = job["resolution"] or get_architecture(job["arch"]).resolution
     with tempfile.TemporaryDirectory(prefix="medti-bench-") as tmp:
+        if device.type == "cuda":  # built on the GPU in seconds (a minute on the CPU for SD 2.0)
+            folder = build_model_folder(Path(tmp) / "model", arch=job["arch"], device=device)
+        else:
+            folder = tiny_model_path(job["arch"])
         data = Path(tmp) / "images"
         data.mkdir()
         for i, img in enumerate(bench_images(job["images"], resolution)):
             Image.fromarray(img[0].numpy()).save(data / f"{i:03d}.png")
-        times = []
-        for steps in (job["warmup"], job["warmup"] + job["steps"]):
-            cmd = [sys.executable, job["diffusers_script"], "--pretrained_model_name_or_path", str(folder),
-                   "--train_data_dir", str(data), "--placeholder_token", TOKEN, "--initializer_token", INIT_WORD,
-                   "--num_vectors", str(job["num_vectors"]), "--resolution", str(resolution),
-                   "--train_batch_size", str(job["batch_size"]), "--max_train_steps", str(max(steps, 1)),
-                   "--learning_rate", "5e-3", "--lr_scheduler", "constant", "--lr_warmup_steps", "0",
-                   "--output_dir", str(Path(tmp) / f"out{steps}"), "--seed", "0",
-                   "--save_steps", "1000000", "--checkpointing_steps", "1000000",
-                   *(["--mixed_precision", "fp16"] if device.type == "cuda" else []), *job["script_args"].split()]
-            t0 = time.perf_counter()
-            proc = subprocess.run(cmd, capture_output=True, text=True)
-            times.append(time.perf_counter() - t0)
-            if proc.returncode != 0:
-                from medti.errors import MedtiError
+        steps = job["warmup"] + job["steps"]
+        cmd = [sys.executable, "-m", "medti.textual_inversion.bench", "--run-script", job["diffusers_script"],
+               "--pretrained_model_name_or_path", str(folder),
+               "--train_data_dir", str(data), "--placeholder_token", TOKEN, "--initializer_token", INIT_WORD,
+               "--num_vectors", str(job["num_vectors"]), "--resolution", str(resolution),
+               "--train_batch_size", str(job["batch_size"]), "--max_train_steps", str(steps),
+               "--learning_rate", "5e-3", "--lr_scheduler", "constant", "--lr_warmup_steps", "0",
+               "--output_dir", str(Path(tmp) / "out"), "--seed", "0",
+               "--save_steps", "1000000", "--checkpointing_steps", "1000000",
+               *(["--mixed_precision", "fp16"] if device.type == "cuda" else []), *job["script_args"].split()]
+        env = os.environ | {SCRIPT_WARMUP: str(job["warmup"])}
+        t0 = time.perf_counter()
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        wall = time.perf_counter() - t0
+    from medti.errors import MedtiError
 
-                raise MedtiError(f"{job['diffusers_script']} failed: {(proc.stderr.strip().splitlines() or [''])[-1]}")
-    elapsed = max(times[1] - times[0], 1e-9)
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    if proc.returncode != 0:
+        raise MedtiError(f"{job['diffusers_script']} failed: {(proc.stderr.strip().splitlines() or [''])[-1]}")
+    reports = [json.loads(line.split(" ", 1)[1]) for line in proc.stderr.splitlines() if line.startswith(SCRIPT_REPORT)]
+    if not reports or not reports[-1].get("steps_per_s"):
+        raise MedtiError(f"{job['diffusers_script']}: no timed UNet steps seen (did it train {steps} steps?)")
+    r = reports[-1]
+    if device.type == "cuda":
+        peak, memory = r.get("cuda_peak_mb"), "CUDA max allocated by the script"
+    else:
+        peak, memory = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, "peak RSS of the script"
     return {"arch": job["arch"], "method": "script", "resolution": resolution, "device": str(device),
-            "batch_size": job["batch_size"], "num_vectors": job["num_vectors"], "steps": job["steps"],
-            "setup_s": round(times[0], 2), "steps_per_s": job["steps"] / elapsed,
-            "images_per_s": job["steps"] * job["batch_size"] / elapsed,
-            "peak_mb": round(peak, 1) if device.type != "cuda" else None, "memory": "peak RSS of the script"}
+            "batch_size": job["batch_size"], "num_vectors": job["num_vectors"], "steps": r["timed_steps"],
+            "setup_s": round(wall - r["timed_steps"] / r["steps_per_s"], 2), "steps_per_s": r["steps_per_s"],
+            "images_per_s": r["steps_per_s"] * job["batch_size"],
+            "peak_mb": round(peak, 1) if peak is not None else None, "memory": memory}
+
+
+SCRIPT_REPORT, SCRIPT_WARMUP = "MEDTI_SCRIPT_REPORT", "MEDTI_SCRIPT_WARMUP"
+
+
+def run_script(script: str, argv: list[str]) -> None:
+    """Run ``script`` as ``python script argv...`` would, stamping each UNet forward pass; at exit print the
+    steps/s after ``$MEDTI_SCRIPT_WARMUP`` passes and the CUDA peak to stderr (one JSON line)."""
+    import atexit
+    import runpy
+
+    from diffusers import UNet2DConditionModel
+
+    stamps: list[float] = []
+    forward = UNet2DConditionModel.forward
+
+    def stamped_forward(self, *args, **kwargs):
+        stamps.append(time.perf_counter())
+        return forward(self, *args, **kwargs)
+
+    def report() -> None:
+        import torch
+
+        warmup = int(os.environ.get(SCRIPT_WARMUP, "0"))
+        out = {"unet_calls": len(stamps), "timed_steps": 0, "steps_per_s": None, "cuda_peak_mb": None}
+        if len(stamps) > warmup + 1:  # the last stamp opens the last step: time up to it, count the steps between
+            out["timed_steps"] = len(stamps) - 1 - warmup
+            out["steps_per_s"] = out["timed_steps"] / (stamps[-1] - stamps[warmup])
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            out["cuda_peak_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+        print(f"{SCRIPT_REPORT} {json.dumps(out)}", file=sys.stderr, flush=True)
+
+    UNet2DConditionModel.forward = stamped_forward
+    atexit.register(report)
+    sys.argv = [script, *argv]
+    runpy.run_path(script, run_name="__main__")
 
 
 if __name__ == "__main__":
-    print(json.dumps(worker(json.loads(sys.argv[1]))), flush=True)
+    if sys.argv[1] == "--run-script":
+        run_script(sys.argv[2], sys.argv[3:])
+    else:
+        print(json.dumps(worker(json.loads(sys.argv[1]))), flush=True)
