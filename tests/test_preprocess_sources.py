@@ -327,3 +327,26 @@ def test_hidden_bookkeeping_files_are_not_inputs(tmp_path):
     (tmp_path / ".git").mkdir()
     (tmp_path / ".git" / "config").write_text("")
     assert list_files(tmp_path) == ["a/x.dcm"]
+
+
+def test_prepare_sweeps_its_own_leftovers_and_never_a_parallel_jobs_staging(tmp_path):
+    """Under `snakemake --cores 4` two prepare jobs fill sibling outputs (data/prepared/<modality>) at once:
+    each removes what a killed run of its own output left, never the staging folder the other is writing."""
+    src = tmp_path / "src"
+    rng = np.random.default_rng(0)
+    for cls in ("a", "b"):
+        (src / cls).mkdir(parents=True)
+        for i in range(6):
+            Image.fromarray(rng.integers(0, 256, (24, 24), dtype=np.uint8)).save(src / cls / f"g{i}.png")
+    parent = tmp_path / "prepared"
+    parent.mkdir()
+    sibling = parent / ".chest_xray.k2j4x9ab.tmp"  # the other job, mid-write
+    (sibling / "images").mkdir(parents=True)
+    (sibling / "images" / "0.png").write_bytes(b"in progress")
+    own = parent / ".out.q8w7e6rt.tmp"  # left by a SIGKILLed earlier run of this output
+    own.mkdir()
+    run_prepare(tmp_path, {"type": "folder", "path": str(src)}, out="prepared/out", size=24)
+    assert (sibling / "images" / "0.png").read_bytes() == b"in progress"
+    assert not own.exists()
+    assert len(manifest(parent / "out")) == 12
+    assert sorted(p.name for p in parent.iterdir()) == [sibling.name, "out"]
