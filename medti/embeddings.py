@@ -8,8 +8,8 @@ steps, the manifest checksum and the medti version. It never holds a DICOM heade
 Other formats, for use in other tools (``export_embedding`` / ``medti embedding convert``):
 - ``diffusers``: ``{token: tensor}`` without medti's metadata, as ``.safetensors`` or ``learned_embeds.bin``;
 - ``a1111``: the AUTOMATIC1111 web UI's ``.pt``: ``{"string_to_token": {"*": 265}, "string_to_param":
-  {"*": tensor}, "name", "step", "sd_checkpoint", "sd_checkpoint_name"}`` (the web UI names the token
-  after the file);
+  {"*": tensor}, "name", "step", "sd_checkpoint", "sd_checkpoint_name"}``; as in the web UI, the token is
+  the file's name (``lesion.pt`` is written ``lesion`` in prompts), whatever its ``name`` field says;
 - ``kohya``: sd-scripts' ``{"emb_params": tensor}`` safetensors (SD 1.x/2.x).
 
 Pickle-based files (A1111 ``.pt``, diffusers ``.bin``) are read with ``torch.load(weights_only=True)``
@@ -216,7 +216,9 @@ def _parse_state(path: Path, state, meta: dict):
             extra["steps"] = str(state["step"])
         if isinstance(state.get("sd_checkpoint_name"), str):
             extra["base_model"] = state["sd_checkpoint_name"]
-        return str(state.get("name") or path.stem), next(iter(params.values())), extra
+        if isinstance(state.get("name"), str) and state["name"] != path.stem:
+            extra["a1111_name"] = state["name"]  # the name it was trained under; the web UI ignores it
+        return path.stem, next(iter(params.values())), extra  # the web UI's trigger word is the file's name
     if "emb_params" in state:  # kohya sd-scripts (SD 1.x/2.x)
         return str(meta.get("token") or path.stem), state["emb_params"], {"source_format": "kohya"}
     if "clip_l" in state or "clip_g" in state:

@@ -89,6 +89,24 @@ def test_a1111_file_has_the_web_ui_layout(tmp_path):
     assert data["step"] == 40 and data["name"] == "<lesion>"
     back = load_embedding(path)
     assert back.metadata["source_format"] == "a1111" and back.metadata["steps"] == "40"
+    # as in the web UI, the token is the file's name, whatever the `name` field says
+    assert back.token == "lesion" and back.metadata["a1111_name"] == "<lesion>"
+    renamed = path.rename(tmp_path / "<opacity>.pt")
+    assert load_embedding(renamed).token == "<opacity>"
+    assert load_embedding(renamed, token="<x>").token == "<x>"
+
+
+def test_an_a1111_file_named_after_a_known_word_asks_for_another_token(tmp_path, tiny_model_dir):
+    from medti.generate.loading import install_embeddings
+    from medti.models import load_base_model
+
+    model = load_base_model(str(tiny_model_dir))
+    path = export_embedding(_embedding(n=2), tmp_path / "chest.pt", "a1111")  # "chest" is a vocabulary word
+    with pytest.raises(ModelError, match=r"chest.pt: token 'chest' is a word the base model already knows: "
+                                         r"give it another name with TOKEN=PATH"):
+        install_embeddings(model, [path])
+    (installed,) = install_embeddings(model, [("<chest>", path)])
+    assert installed.token == "<chest>" and installed.num_vectors == 2
 
 
 def test_kohya_file_reads_as_emb_params(tmp_path):

@@ -79,7 +79,13 @@ def install_embeddings(model, sources) -> list[InstalledEmbedding]:
         seen[emb.token] = where
         existing = installed_vectors(model.text_encoder, emb.token)
         if existing is None:
-            add_placeholder(model.tokenizer, model.text_encoder, emb.token, emb.vectors)
+            try:
+                add_placeholder(model.tokenizer, model.text_encoder, emb.token, emb.vectors)
+            except ModelError as exc:
+                if "already in the tokenizer's vocabulary" not in str(exc):
+                    raise
+                raise ModelError(f"{where}: token '{emb.token}' is a word the base model already knows: "
+                                 f"give it another name with TOKEN=PATH (e.g. '<{emb.token}>={path or 'FILE'}')") from None
         elif existing.shape != emb.vectors.shape or not torch.equal(existing, emb.vectors):
             raise ModelError(f"{where}: token '{emb.token}' is already loaded with other vectors")
         out.append(InstalledEmbedding(emb.token, emb.num_vectors, emb.checksum(), path))
