@@ -200,6 +200,28 @@ def test_blends_interpolate_the_learned_vectors(tiny_model_dir):
     assert torch.equal(s.sample([Blend(pa, pb, 0.0, "slerp")], [1], **kw), s.sample([pa], [1], **kw))
 
 
+def test_blending_prompts_of_different_lengths_warns_once_per_pair(tiny_model_dir, caplog):
+    from medti.generate.loading import install_embeddings
+    from medti.models.loading import load_base_model
+
+    model = load_base_model(str(tiny_model_dir))
+    install_embeddings(model, [Embedding("<len-2>", _vectors(2, seed=3)), Embedding("<len-2b>", _vectors(2, seed=5)),
+                               Embedding("<len-4>", _vectors(4, seed=4))])
+    s = Sampler(model)
+
+    def warnings():
+        return [r for r in caplog.records if r.name == "medti.generate.sampling"]
+
+    with caplog.at_level("WARNING", logger="medti.generate.sampling"):
+        s.encode_blend(Blend("an x-ray of <len-2>", "an x-ray of <len-2b>", 0.5, "linear"))
+        assert not warnings()  # same length: nothing to say
+        for t in (0.25, 0.5, 0.75):
+            s.encode_blend(Blend("an x-ray of <len-2>", "an x-ray of <len-4>", t, "slerp"))
+    (record,) = warnings()
+    assert "slerp blend of 'an x-ray of <len-2>' (9 tokens) and 'an x-ray of <len-4>' (11 tokens)" in record.message
+    assert "'A:w AND B:w' has no such limit" in record.message
+
+
 # -- embedding formats, standalone and pipeline CLI ------------------------------------------------------------
 def test_standalone_cli_loads_diffusers_and_a1111_embeddings(tmp_path, capsys):
     """Three formats at once: diffusers' learned_embeds.bin (one 1-D vector) and .safetensors, and the

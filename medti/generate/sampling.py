@@ -17,6 +17,7 @@ scheduler arithmetic stays in float32.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -26,6 +27,8 @@ from medti.errors import ConfigError
 from medti.generate.prompts import Blend, WeightedPrompt, as_weighted, check_tokens, interpolate_vectors
 from medti.generate.schedulers import STOCHASTIC, make_scheduler
 from medti.models.token_embedding import expand_prompt, placeholder_tokens
+
+log = logging.getLogger(__name__)
 
 TEXT_BATCH = 64
 
@@ -80,6 +83,7 @@ class Sampler:
         self.dtype = dtype or self.unet_dtype
         self.vae_scale = float(model.vae.config.scaling_factor)
         self.vae_shift = float(getattr(model.vae.config, "shift_factor", None) or 0.0)
+        self._warned_blends: set[tuple[str, str, str]] = set()  # one warning per sweep, not per weight
 
     # -- text ----------------------------------------------------------------------------------------------
     def check_prompts(self, texts: Sequence[str]) -> list[str]:
@@ -153,6 +157,13 @@ class Sampler:
         expanded = self.check_prompts(blend.texts())
         ids = tok(expanded, padding="max_length", max_length=tok.model_max_length, truncation=True,
                   return_tensors="pt").input_ids.to(_module_device(te))
+        lengths = [len(x) for x in tok(expanded, truncation=True, max_length=tok.model_max_length).input_ids]
+        if lengths[0] != lengths[1] and (blend.a, blend.b, blend.mode) not in self._warned_blends:
+            self._warned_blends.add((blend.a, blend.b, blend.mode))
+            log.warning("%s blend of '%s' (%d tokens) and '%s' (%d tokens): positions are mixed one by one, so "
+                        "past the first difference tokens mix with unrelated ones (the shorter prompt's end-of-text "
+                        "too); prompts of equal length (embeddings with the same num_vectors) blend cleanly, and "
+                        "'A:w AND B:w' has no such limit", blend.mode, blend.a, lengths[0], blend.b, lengths[1])
         layer = install_extended_embedding(te)
         vectors = layer(ids)
         mixed = interpolate_vectors(vectors[:1], vectors[1:], blend.t, blend.mode)
