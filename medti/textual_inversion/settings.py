@@ -14,7 +14,7 @@ from medti.errors import ConfigError
 
 INIT_METHODS = ("word", "zeros", "random")
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine")
-MAX_LR = 10.0
+MAX_LR = 3.4e38  # float32: larger values overflow in the optimiser
 DEFAULT_TEMPLATES = ("a photo of {}",)
 
 
@@ -93,8 +93,8 @@ class TrainSettings:
                 bad(name, f"must be 0 or more, got {getattr(self, name)}")
         if self.resolution is not None and (self.resolution < 8 or self.resolution % 8):
             bad("resolution", f"must be a multiple of 8 and at least 8, got {self.resolution}")
-        if not 0 < self.lr <= MAX_LR:  # also NaN and inf; a float32 optimiser overflows on larger values anyway
-            bad("lr", f"must be positive and at most {MAX_LR:g} (TI typically uses 5e-3), got {self.lr}")
+        if not 0 < self.lr <= MAX_LR:  # also NaN and inf
+            bad("lr", f"must be positive and at most {MAX_LR:g} (float32; TI typically uses 5e-3), got {self.lr}")
         if self.lr_scheduler not in LR_SCHEDULERS:
             bad("lr_scheduler", f"'{self.lr_scheduler}' is not one of {', '.join(LR_SCHEDULERS)}")
         if self.max_grad_norm is not None and not self.max_grad_norm > 0:

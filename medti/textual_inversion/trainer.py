@@ -9,7 +9,9 @@ Speed comes from doing as little as possible per step:
   stay on the device and are fetched every ``log_every`` steps (where a NaN is also caught);
 - on a GPU the frozen weights are bf16 (fp16 with a gradient scaler where bf16 is missing) under autocast
   while the trainable vectors stay fp32; SDPA attention is diffusers' default; gradient checkpointing and
-  ``torch.compile`` are options.
+  ``torch.compile`` are options;
+- the frozen UNet's convolutions and GEGLUs keep no activation that only a weight gradient would need
+  (``models.lean_backward``).
 """
 
 from __future__ import annotations
@@ -135,9 +137,12 @@ class EmbeddingTrainer:
         return self.dtype if self.device.type == "cuda" and self.dtype != torch.float32 else None
 
     def _set_up_modules(self) -> None:
+        from medti.models.lean_backward import make_backward_lean
+
         s, m = self.settings, self.model
         self.text_encoder = m.text_encoder
         self.unet = m.unet
+        make_backward_lean(m.unet)  # same gradients, about a quarter fewer activations kept for the backward pass
         if s.gradient_checkpointing:
             m.unet.enable_gradient_checkpointing()
             cfg = m.text_encoder.config
