@@ -38,6 +38,9 @@ fi
 if [[ ($what == script || $what == all) && -n $script ]]; then
   bench train-script train --models sd15 sd2 --diffusers-script "$script" --steps 40 --warmup 5 \
     --json "$out/train-script.json"
+  # the script with its own default precision (fp32: its README's command sets no --mixed_precision)
+  bench train-script-fp32 train --models sd15 --diffusers-script "$script" --script-args "--mixed_precision no" \
+    --steps 40 --warmup 5 --json "$out/train-script-fp32.json"
 fi
 if [[ $what == generate || $what == all ]]; then
   for arch in sd15 sd2; do
