@@ -110,3 +110,25 @@ def test_conv_and_geglu_gradients_under_autocast(weight_dtype):
     make_backward_lean(trainable)
     trainable(torch.randn(1, 3, 5, 5)).sum().backward()
     assert trainable.weight.grad is not None
+
+
+@pytest.mark.slow
+def test_torch_compile_traces_the_lean_unet_in_one_graph(tiny_model_dir):
+    """``compile: true`` keeps working: the lean modules trace without graph breaks, same gradient."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    from medti.models import load_base_model
+
+    eager_grad, _ = text_gradient(load_base_model(str(tiny_model_dir)), lean=False)
+    model = load_base_model(str(tiny_model_dir))
+    make_backward_lean(model.unet)
+    torch._dynamo.reset()
+    counters.clear()
+    model.unet = torch.compile(model.unet)
+    g = torch.Generator().manual_seed(0)
+    latents = torch.randn(2, 4, 8, 8, generator=g)
+    context = torch.randn(2, 77, model.unet.config.cross_attention_dim, generator=g).requires_grad_(True)
+    model.unet(latents, torch.tensor([10, 700]), context).sample.float().pow(2).mean().backward()
+    assert not counters["graph_break"] and counters["stats"]["unique_graphs"] == 1
+    torch.testing.assert_close(context.grad, eager_grad, rtol=1e-4, atol=1e-8)
