@@ -48,7 +48,7 @@ def add_bench_parser(bsub) -> None:
     p.add_argument("--no-baseline", action="store_true", help="measure medti only")
     p.add_argument("--diffusers-script", metavar="PATH",
                    help="run diffusers' examples/textual_inversion/textual_inversion.py as the baseline (needs "
-                        "accelerate; steps/s from two runs of different length, so start-up cancels out)")
+                        "accelerate and torchvision; it runs unchanged, its UNet passes timed after the warm-up)")
     p.add_argument("--script-args", default="", help="extra arguments for --diffusers-script, as one string")
     p.add_argument("--gradient-checkpointing", action="store_true", help="for medti")
     p.add_argument("--compile", action="store_true", help="for medti: torch.compile the UNet (warm-up steps compile)")
@@ -69,8 +69,8 @@ def run(args) -> int:
     models = args.models or (GPU_DEFAULT if device.type == "cuda" else CPU_DEFAULT)
     methods = ["medti"] + ([] if args.no_baseline else ["script" if args.diffusers_script else "baseline"])
     job = {k: getattr(args, k) for k in ("resolution", "steps", "warmup", "batch_size", "num_vectors", "images",
-                                         "gradient_checkpointing", "compile", "channels_last", "device", "precision", "threads",
-                                         "diffusers_script", "script_args")}
+                                         "gradient_checkpointing", "compile", "channels_last", "device", "precision",
+                                         "threads", "diffusers_script", "script_args")}
     machine = machine_description(device)
     if device.type != "cuda" and {"sd15", "sd2"} & set(models) and not args.resolution:
         print("note: SD 1.5/2.0 at 512 px on a CPU take minutes per step; --resolution 256 --steps 3 is quicker",
