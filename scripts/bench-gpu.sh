@@ -34,6 +34,8 @@ if [[ $what == train || $what == all ]]; then
     --json "$out/train-ckpt.json"
   bench train-compile train --models sd15 --compile --no-baseline --steps 40 --warmup 10 \
     --json "$out/train-compile.json"
+  bench train-compile-budget train --models sd15 sd2 --compile --compile-memory-budget 0.3 --no-baseline \
+    --steps 40 --warmup 10 --json "$out/train-compile-budget.json"
 fi
 if [[ ($what == script || $what == all) && -n $script ]]; then
   bench train-script train --models sd15 sd2 --diffusers-script "$script" --steps 40 --warmup 5 \

@@ -132,3 +132,52 @@ def test_torch_compile_traces_the_lean_unet_in_one_graph(tiny_model_dir):
     model.unet(latents, torch.tensor([10, 700]), context).sample.float().pow(2).mean().backward()
     assert not counters["graph_break"] and counters["stats"]["unique_graphs"] == 1
     torch.testing.assert_close(context.grad, eager_grad, rtol=1e-4, atol=1e-8)
+
+
+def compiled_text_gradient(model, budget: float):
+    import torch._dynamo
+    import torch._functorch.config as functorch_config
+
+    torch._dynamo.reset()
+    make_backward_lean(model.unet)
+    model.unet = torch.compile(model.unet)
+    with functorch_config.patch(activation_memory_budget=budget):
+        return text_gradient(model, lean=False)  # already lean
+
+
+@pytest.mark.slow
+def test_a_compile_memory_budget_recomputes_instead_of_keeping(tiny_model_dir):
+    """``compile_memory_budget`` below 1 keeps far fewer activations for the same gradient (on `small` at
+    256 px: 160 -> 39 MB at 0.3, for about 10 % more time on the CPU; docs/performance.md)."""
+    from medti.models import load_base_model
+
+    full_grad, full = compiled_text_gradient(load_base_model(str(tiny_model_dir)), 1.0)
+    lean_grad, lean = compiled_text_gradient(load_base_model(str(tiny_model_dir)), 0.3)
+    assert sum(full.values()) > 100_000 and sum(lean.values()) <= 0.6 * sum(full.values()), (lean, full)
+    torch.testing.assert_close(lean_grad, full_grad, rtol=1e-4, atol=1e-8)
+
+
+def test_compile_memory_budget_is_validated_and_reaches_the_compiler(tiny_model_dir):
+    import torch._functorch.config as functorch_config
+
+    from medti.errors import ConfigError
+    from medti.models import load_base_model
+    from medti.textual_inversion.settings import TrainSettings
+    from medti.textual_inversion.trainer import EmbeddingTrainer
+    from medti.toydata import draw_shapes
+
+    for bad in (0.0, 1.5):
+        with pytest.raises(ConfigError, match=r"compile_memory_budget: must be in \(0, 1\]"):
+            TrainSettings(token="<t>", init_words="disc", compile_memory_budget=bad).validate()
+    settings = TrainSettings(token="<t>", init_words="disc", resolution=32, steps=1, validation_images=0,
+                             compile=True, compile_memory_budget=0.4).validate()
+    assert "compile_memory_budget" not in settings.result_key()  # memory only: resumable with another budget
+    pixels = torch.from_numpy(draw_shapes("disc", 2, 0)).unsqueeze(1).expand(-1, 3, -1, -1).contiguous()
+    before = functorch_config.activation_memory_budget
+    try:
+        trainer = EmbeddingTrainer(load_base_model(str(tiny_model_dir)), settings, pixels, torch.device("cpu"),
+                                   torch.float32)
+        assert functorch_config.activation_memory_budget == 0.4
+        assert trainer.unet is not trainer.model.unet  # the compiled wrapper (compiles lazily, at the first step)
+    finally:
+        functorch_config.activation_memory_budget = before

@@ -52,6 +52,8 @@ def add_bench_parser(bsub) -> None:
     p.add_argument("--script-args", default="", help="extra arguments for --diffusers-script, as one string")
     p.add_argument("--gradient-checkpointing", action="store_true", help="for medti")
     p.add_argument("--compile", action="store_true", help="for medti: torch.compile the UNet (warm-up steps compile)")
+    p.add_argument("--compile-memory-budget", type=float, default=1.0, metavar="FRACTION",
+                   help="for medti with --compile: fraction of activations kept for the backward pass (default 1)")
     p.add_argument("--channels-last", action="store_true", help="for medti: UNet in channels-last memory format")
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"])
@@ -69,8 +71,8 @@ def run(args) -> int:
     models = args.models or (GPU_DEFAULT if device.type == "cuda" else CPU_DEFAULT)
     methods = ["medti"] + ([] if args.no_baseline else ["script" if args.diffusers_script else "baseline"])
     job = {k: getattr(args, k) for k in ("resolution", "steps", "warmup", "batch_size", "num_vectors", "images",
-                                         "gradient_checkpointing", "compile", "channels_last", "device", "precision",
-                                         "threads", "diffusers_script", "script_args")}
+                                         "gradient_checkpointing", "compile", "compile_memory_budget", "channels_last",
+                                         "device", "precision", "threads", "diffusers_script", "script_args")}
     machine = machine_description(device)
     if device.type != "cuda" and {"sd15", "sd2"} & set(models) and not args.resolution:
         print("note: SD 1.5/2.0 at 512 px on a CPU take minutes per step; --resolution 256 --steps 3 is quicker",
@@ -240,7 +242,9 @@ class MedtiRunner:
         settings = TrainSettings(token=TOKEN, init_words=INIT_WORD, num_vectors=job["num_vectors"],
                                  steps=job["warmup"] + job["steps"], batch_size=job["batch_size"],
                                  validation_images=0, gradient_checkpointing=job["gradient_checkpointing"],
-                                 compile=bool(job.get("compile")), warmup_steps=0).validate()
+                                 compile=bool(job.get("compile")),
+                                 compile_memory_budget=float(job.get("compile_memory_budget") or 1.0),
+                                 warmup_steps=0).validate()
         if job.get("channels_last"):
             import torch
 

@@ -70,6 +70,9 @@ def add_parser(sub) -> None:
     r.add_argument("--log-every", type=int, help="steps between fetching losses from the device")
     r.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=None)
     r.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None, help="torch.compile the UNet")
+    r.add_argument("--compile-memory-budget", type=float, metavar="FRACTION",
+                   help="with --compile: fraction of the activations to keep for the backward pass, the rest "
+                        "recomputed (1: all, the default; e.g. 0.3 for much less memory at some speed)")
     r.add_argument("--device", help="auto | cpu | cuda | cuda:N")
     r.add_argument("--precision", choices=["auto", "fp32", "fp16", "bf16"])
     p.set_defaults(func=run)
@@ -85,6 +88,7 @@ def _overrides(args) -> dict:
         validation_every=args.validation_every, validation_images=args.validation_images,
         validation_steps=args.validation_steps, validation_guidance=args.validation_guidance,
         log_every=args.log_every, gradient_checkpointing=args.gradient_checkpointing, compile=args.compile,
+        compile_memory_budget=args.compile_memory_budget,
         device=args.device, precision=args.precision,
     )
 

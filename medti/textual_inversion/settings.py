@@ -66,6 +66,7 @@ class TrainSettings:
     log_every: int = 10                 # losses are fetched from the device every this many steps
     gradient_checkpointing: bool = False
     compile: bool = False
+    compile_memory_budget: float = 1.0  # with compile: fraction of activations kept, the rest recomputed
     device: str = "auto"
     precision: str = "auto"
 
@@ -112,6 +113,8 @@ class TrainSettings:
             bad("augment.brightness", "must be between 0 and 1")
         if a.views < 1:
             bad("augment.views", "must be at least 1")
+        if not 0 < self.compile_memory_budget <= 1:
+            bad("compile_memory_budget", f"must be in (0, 1], got {self.compile_memory_budget}")
         if self.precision not in ("auto", "fp32", "fp16", "bf16"):
             bad("precision", f"'{self.precision}' is not one of auto, fp32, fp16, bf16")
         return self
@@ -119,7 +122,8 @@ class TrainSettings:
     def result_key(self) -> dict:
         """The settings that determine the trained vectors (not logging, checkpointing or validation)."""
         skip = {"checkpoint_every", "validation_every", "validation_images", "validation_steps",
-                "validation_guidance", "log_every", "device"}
+                "validation_guidance", "log_every", "device",
+                "compile_memory_budget"}  # memory only: a run that ran out of memory resumes with a smaller one
         d = dataclasses.asdict(self)
         return {k: v for k, v in d.items() if k not in skip}
 

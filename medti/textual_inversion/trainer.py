@@ -152,6 +152,11 @@ class EmbeddingTrainer:
                 m.text_encoder.gradient_checkpointing_enable()
                 m.text_encoder.train()
         if s.compile:
+            import torch._functorch.config as functorch_config
+
+            # read when the joint graph is partitioned (the first step): activations beyond the budget are
+            # recomputed in the backward pass, cheapest first (process-wide; one trainer per job)
+            functorch_config.activation_memory_budget = float(s.compile_memory_budget)
             self.unet = torch.compile(m.unet)
         if self.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True
