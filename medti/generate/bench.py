@@ -162,12 +162,11 @@ def _diffusers(config: dict):
     from diffusers import StableDiffusionPipeline
 
     from medti.generate.schedulers import make_scheduler
-    from medti.models.loading import resolve_device, resolve_model_spec
+    from medti.models.loading import resolve_device, resolve_dtype, resolve_model_spec
 
     _, folder = resolve_model_spec(config["base_model"])
     device = resolve_device(config["device"])
-    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[
-        config.get("diffusers_precision") or "fp32"]
+    dtype = resolve_dtype(config.get("diffusers_precision") or "fp32", device)
     pipe = StableDiffusionPipeline.from_pretrained(str(folder or config["base_model"]), safety_checker=None,
                                                    requires_safety_checker=False, local_files_only=True,
                                                    torch_dtype=dtype)

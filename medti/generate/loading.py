@@ -15,7 +15,8 @@ import torch
 
 from medti.embeddings import Embedding, load_embedding
 from medti.errors import ModelError
-from medti.models.token_embedding import add_placeholder, install_extended_embedding, placeholder_tokens
+from medti.models.token_embedding import (TokenInVocabulary, add_placeholder, install_extended_embedding,
+                                          placeholder_tokens)
 
 
 @dataclass(frozen=True)
@@ -81,9 +82,7 @@ def install_embeddings(model, sources) -> list[InstalledEmbedding]:
         if existing is None:
             try:
                 add_placeholder(model.tokenizer, model.text_encoder, emb.token, emb.vectors)
-            except ModelError as exc:
-                if "already in the tokenizer's vocabulary" not in str(exc):
-                    raise
+            except TokenInVocabulary:
                 raise ModelError(f"{where}: token '{emb.token}' is a word the base model already knows: "
                                  f"give it another name with TOKEN=PATH (e.g. '<{emb.token}>={path or 'FILE'}')") from None
         elif existing.shape != emb.vectors.shape or not torch.equal(existing, emb.vectors):

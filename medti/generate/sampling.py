@@ -155,9 +155,10 @@ class Sampler:
 
         tok, te = self.model.tokenizer, self.model.text_encoder
         expanded = self.check_prompts(blend.texts())
-        ids = tok(expanded, padding="max_length", max_length=tok.model_max_length, truncation=True,
-                  return_tensors="pt").input_ids.to(_module_device(te))
-        lengths = [len(x) for x in tok(expanded, truncation=True, max_length=tok.model_max_length).input_ids]
+        encoded = tok(expanded, padding="max_length", max_length=tok.model_max_length, truncation=True,
+                      return_tensors="pt")
+        ids = encoded.input_ids.to(_module_device(te))
+        lengths = encoded.attention_mask.sum(dim=1).tolist()
         if lengths[0] != lengths[1] and (blend.a, blend.b, blend.mode) not in self._warned_blends:
             self._warned_blends.add((blend.a, blend.b, blend.mode))
             log.warning("%s blend of '%s' (%d tokens) and '%s' (%d tokens): positions are mixed one by one, so "

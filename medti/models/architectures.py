@@ -125,11 +125,9 @@ def build_components(arch: Architecture | str, tokenizer_dir, seed: int = 0, pre
         vocab_size=len(tokenizer), bos_token_id=vocab["<|startoftext|>"], eos_token_id=vocab["<|endoftext|>"],
         pad_token_id=vocab["<|endoftext|>"], **arch.text,
     )
-    place = torch.device(device) if device is not None else contextlib.nullcontext()
-    gpus = []
-    if device is not None and torch.device(device).type == "cuda":
-        gpus = [torch.device(device).index if torch.device(device).index is not None else torch.cuda.current_device()]
-    with torch.random.fork_rng(devices=gpus), place:
+    dev = torch.device(device) if device is not None else None
+    gpus = [torch.cuda.current_device() if dev.index is None else dev.index] if dev and dev.type == "cuda" else []
+    with torch.random.fork_rng(devices=gpus), dev or contextlib.nullcontext():
         torch.manual_seed(seed)
         text_encoder = CLIPTextModel(text_cfg)
         torch.manual_seed(seed + 1)

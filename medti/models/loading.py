@@ -237,10 +237,9 @@ def build_random_model(arch: str, device: str | torch.device = "cpu", dtype: tor
 
     from medti.models.architectures import build_components
 
-    on_gpu = torch.device(device).type == "cuda"
     with tempfile.TemporaryDirectory(prefix="medti-tokenizer-") as tmp:
         tok, te, vae, unet, sched = build_components(arch, Path(tmp), seed=seed, prediction_type=prediction_type,
-                                                     device=device if on_gpu else None)
+                                                     device=device)
     modules = {"text_encoder": te, "vae": vae, "unet": unet}
     if dtype is not None and dtype != torch.float32:
         for m in modules.values():

@@ -20,6 +20,14 @@ from torch import nn
 from medti.errors import ModelError
 
 
+class TokenInVocabulary(ModelError):
+    """A placeholder that is already a token or a whole word of the tokenizer's vocabulary."""
+
+    def __init__(self, token: str):
+        super().__init__(f"token '{token}' is already in the tokenizer's vocabulary: choose another placeholder")
+        self.token = token
+
+
 def vector_tokens(token: str, n: int) -> list[str]:
     return [token] + [f"{token}_{i}" for i in range(1, n)]
 
@@ -109,7 +117,7 @@ def add_placeholder(tokenizer, text_encoder, token: str, vectors: torch.Tensor,
     # A placeholder must be new: neither an added token nor a whole word of the vocabulary ("chest</w>").
     clash = [t for t in names if t in vocab or f"{t}</w>" in vocab]
     if clash:
-        raise ModelError(f"token '{clash[0]}' is already in the tokenizer's vocabulary: choose another placeholder")
+        raise TokenInVocabulary(clash[0])
     if len(tokenizer.tokenize(token)) > 1 and not re.fullmatch(r"\S+", token):
         raise ModelError(f"placeholder token '{token}' must be one word without spaces")
     added = tokenizer.add_tokens(names, special_tokens=False)

@@ -355,18 +355,15 @@ def run_diffusers_script(job: dict, device) -> dict:
     from PIL import Image
 
     from medti.models.architectures import get_architecture
-    from medti.models.loading import build_model_folder, tiny_model_path
+    from medti.models.loading import tiny_model_path
 
     if not Path(job["diffusers_script"]).is_file():
         from medti.errors import ConfigError
 
         raise ConfigError(f"--diffusers-script {job['diffusers_script']}: no such file")
     resolution = job["resolution"] or get_architecture(job["arch"]).resolution
+    folder = tiny_model_path(job["arch"])  # built into medti's cache once (on the GPU where there is one)
     with tempfile.TemporaryDirectory(prefix="medti-bench-") as tmp:
-        if device.type == "cuda":  # built on the GPU in seconds (a minute on the CPU for SD 2.0)
-            folder = build_model_folder(Path(tmp) / "model", arch=job["arch"], device=device)
-        else:
-            folder = tiny_model_path(job["arch"])
         data = Path(tmp) / "images"
         data.mkdir()
         for i, img in enumerate(bench_images(job["images"], resolution)):
