@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from medti.errors import MedtiError
 
@@ -86,9 +86,10 @@ def check(root: str | os.PathLike = ".") -> list[str]:
 def restore_mtimes(root: str | os.PathLike = ".") -> list[str]:
     """Give DVC-tracked files that match dvc.lock modification times in pipeline order; return them.
 
-    A stage's outputs are re-timed when each of them exists with the content dvc.lock records and none of
-    its dependencies that exist (files or parameters) differs from the lock; missing dependencies (raw data
-    a colleague did not pull) are fine, Snakemake does not rerun a job for an absent input. Upstream files
+    A stage's outputs that exist are re-timed when each has the content dvc.lock records and none of its
+    dependencies that exist (files or parameters) differs from the lock. Missing files are fine: raw data a
+    colleague did not pull (Snakemake does not rerun a job for an absent input) and uncached outputs such as
+    report folders, which no remote holds. Upstream files
     get earlier times than downstream ones, so Snakemake's time-stamp comparison agrees with DVC's content
     hashes. Anything changed since the lock keeps its own, newer time and is rerun as it should be.
     """
@@ -103,19 +104,25 @@ def restore_mtimes(root: str | os.PathLike = ".") -> list[str]:
         order = list(reversed(list(nx.topological_sort(graph))))
         produced = {str(o.def_path) for s in order for o in s.outs}
         for rank, stage in enumerate(order, start=1):
-            outs = list(stage.outs)
-            if not outs or not all(Path(root, o.def_path).exists() and not o.status() for o in outs):
+            outs = [o for o in stage.outs if Path(root, o.def_path).exists()]  # uncached reports are not pulled
+            if not outs or any(o.status() for o in outs):
                 continue
             if any(_dependency_changed(d, root) for d in stage.deps):
                 continue
             for dep in stage.deps:  # data the pipeline does not produce (e.g. `dvc add`ed raw data) goes first
                 path = Path(root, str(dep.def_path))
-                if not isinstance(dep, ParamsDependency) and path.exists() and str(dep.def_path) not in produced:
+                if not isinstance(dep, ParamsDependency) and path.exists() and not _overlaps(str(dep.def_path), produced):
                     _touch_tree(path, base)
             for out in outs:
                 _touch_tree(Path(root, out.def_path), base + rank)
                 touched.append(str(out.def_path))
     return touched
+
+
+def _overlaps(path: str, produced: set[str]) -> bool:
+    """Whether ``path`` is a pipeline output, lies inside one, or holds one (a folder of embeddings, say)."""
+    p = PurePosixPath(path)
+    return any(p == q or q in p.parents or p in q.parents for q in map(PurePosixPath, produced))
 
 
 def _dependency_changed(dep, root) -> bool:

@@ -10,7 +10,8 @@ The output folder (written atomically) holds::
 
 Inputs stream through a process pool (``workers``): each worker reads one input, writes its PNG under the
 image's de-identified id into a staging folder and returns metadata only, so pixels are never gathered in
-one process. Splits need every subject, so images are moved to their split folders at the end.
+one process. Splits need every subject, so images are moved to their split folders at the end. What each
+input gave is journaled as it arrives, so a killed run resumes where it stopped (``preprocess.resume``).
 """
 
 from __future__ import annotations
@@ -18,18 +19,18 @@ from __future__ import annotations
 import logging
 import multiprocessing as mp
 import os
-import shutil
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
 from medti.config import project_root, stage
 from medti.deid import Deidentifier, load_salt
-from medti.errors import ConfigError, InputError
+from medti.errors import ConfigError, InputError, MedtiError
 from medti.preprocess.imaging import window_setting
 from medti.preprocess.inputs import check_dicom_keyword
 from medti.preprocess.labels import Labeler
 from medti.preprocess.records import Context, ImageRecord, Reject, Rejected, Result
+from medti.preprocess.resume import PrepareJournal
 from medti.preprocess.splitting import split_mode
 
 log = logging.getLogger("medti.prepare")
@@ -102,8 +103,12 @@ def _init_worker(source, ctx: Context) -> None:
 
 
 def _call(task):
-    """Run ``source.<method>(item, ctx)``; a per-input failure comes back as Rejects, never raised."""
-    method, item = task
+    """``(index, source.<method>(item, ctx))``; a per-input failure comes back as Rejects, never raised."""
+    method, index, item = task
+    return index, _run(method, item)
+
+
+def _run(method: str, item):
     try:
         return getattr(_SOURCE, method)(item, _CTX)
     except Rejected as exc:
@@ -139,22 +144,27 @@ class Runner:
         return False
 
     def __call__(self, method: str, items: list, desc: str = "preparing"):
+        """Everything the items give, flattened: records, rejects or whatever ``method`` returns."""
+        for _, outs in self.per_item(method, items, desc):
+            yield from outs
+
+    def per_item(self, method: str, items: list, desc: str = "preparing", done: int = 0):
+        """``(item, [what it gave])`` in the order the items finish; ``done`` items are already counted."""
         from medti.logs import progress
 
-        tasks = [(method, item) for item in items]
+        tasks = [(method, i, item) for i, item in enumerate(items)]
         if self.pool is None or len(items) < 2:
             results = map(_call, tasks)
         else:
             chunk = max(1, min(32, len(items) // (self.workers * 8)))
             results = self.pool.imap_unordered(_call, tasks, chunksize=chunk)
-        for out in progress(results, total=len(tasks), desc=desc, unit="input"):
+        for index, out in progress(results, total=len(tasks) + done, initial=done, desc=desc, unit="input"):
             if isinstance(out, list):  # rejects of one item
-                yield from out
+                yield items[index], out
             elif isinstance(out, Result):
-                yield from out.rejects
-                yield from out.records
+                yield items[index], [*out.rejects, *out.records]
             else:
-                yield out
+                yield items[index], [out]
 
 
 # -- the stage -------------------------------------------------------------------------------------------------
@@ -207,44 +217,92 @@ def prepare_dataset(params: dict, modality: str, out: str | os.PathLike | None =
     if cfg["type"] == "volume" and not labeler.from_csv:
         raise ConfigError(f"modalities.{modality}.source.labels: a volume source needs labels.csv (with key path or case)")
     sweep_stale_temporaries(out.parent, name=out.name)  # not the siblings that parallel jobs are writing
-    deid = Deidentifier(load_salt(root))
-    with track(params if track_run else None, "prepare", run_name=f"prepare-{modality}",
-               tags={"modality": modality}, root=root if track_run else None) as tracker, atomic_dir(out) as tmp:
-        staging = tmp / ".staging"
-        staging.mkdir()
-        ctx = Context(classes=classes, size=int(settings["size"]), fit=settings["fit"], channels=settings["channels"],
-                      normalise=settings["normalise"], percentiles=tuple(settings["percentiles"]),
-                      window=window_setting(cfg.get("window")), frames=cfg.get("frames") or "middle",
-                      staging=staging, deid=deid, labeler=labeler)
-        fail_fast = settings["on_error"] == "fail"
-        with Runner(source, ctx, int(settings["workers"])) as run:
-            items, rejects = source.plan(run, labeler)
-            if fail_fast and rejects:
-                _fail(source.root, rejects[0])
-            records: list[ImageRecord] = []
-            for out_item in run("process", items):
-                if isinstance(out_item, Reject):
-                    if fail_fast:
-                        _fail(source.root, out_item)
-                    rejects.append(out_item)
-                else:
-                    records.append(out_item)
-        rejects += _label_rows_without_image(labeler, records, rejects, source.root, fail_fast)
-        records, dupes = _drop_duplicates(records)
-        rejects += dupes
-        if not records:
-            raise InputError(_empty_message(source.root, len(items), rejects))
-        _check_every_class(source.root, records, classes)
-        summary = _finish(tmp, records, rejects, classes, settings, params.get("seed", 0), modality, cfg, source)
-        shutil.rmtree(staging)
-        _log_summary(modality, summary)
-        tracker.log_params({"modality": modality, "source_type": cfg["type"], **{
-            k: settings[k] for k in ("size", "fit", "channels", "normalise", "split", "ti_per_class", "on_error", "workers")}})
-        tracker.log_metrics({"images": summary["images_total"], "subjects": summary["subjects_total"],
-                             "rejected": summary["rejected"]})
-        tracker.log_artifact(tmp / "summary.json")
-        tracker.log_artifact(tmp / "samples.png")
+    salt = load_salt(root)
+    deid = Deidentifier(salt)
+    journal = PrepareJournal(out, _fingerprint(modality, classes, settings, cfg, labeler), salt)
+    try:
+        with track(params if track_run else None, "prepare", run_name=f"prepare-{modality}",
+                   tags={"modality": modality}, root=root if track_run else None) as tracker, atomic_dir(out) as tmp:
+            journal.open()
+            ctx = Context(classes=classes, size=int(settings["size"]), fit=settings["fit"], channels=settings["channels"],
+                          normalise=settings["normalise"], percentiles=tuple(settings["percentiles"]),
+                          window=window_setting(cfg.get("window")), frames=cfg.get("frames") or "middle",
+                          staging=journal.staging, deid=deid, labeler=labeler)
+            fail_fast = settings["on_error"] == "fail"
+            try:
+                with Runner(source, ctx, int(settings["workers"])) as run:
+                    items, rejects = source.plan(run, labeler)
+                    if fail_fast and rejects:
+                        _fail(source.root, rejects[0])
+                    records = _process(run, source, items, journal, rejects, fail_fast)
+            finally:
+                journal.close()
+            rejects += _label_rows_without_image(labeler, records, rejects, source.root, fail_fast)
+            records, dupes = _drop_duplicates(records)
+            rejects += dupes
+            if not records:
+                raise InputError(_empty_message(source.root, len(items), rejects))
+            _check_every_class(source.root, records, classes)
+            summary = _finish(tmp, journal.staging, records, rejects, classes, settings, params.get("seed", 0), modality,
+                              cfg, source)
+            _log_summary(modality, summary)
+            tracker.log_params({"modality": modality, "source_type": cfg["type"], **{
+                k: settings[k] for k in ("size", "fit", "channels", "normalise", "split", "ti_per_class", "on_error", "workers")}})
+            tracker.log_metrics({"images": summary["images_total"], "subjects": summary["subjects_total"],
+                                 "rejected": summary["rejected"]})
+            tracker.log_artifact(tmp / "summary.json")
+            tracker.log_artifact(tmp / "samples.png")
+    except MedtiError:
+        journal.remove()  # a reported failure (bad input, fail-fast) leaves nothing; a killed run keeps it
+        raise
+    journal.remove()  # the output is in place
     return PrepareResult(out, summary["images_total"], summary["rejected"], summary)
+
+
+def _fingerprint(modality: str, classes: list[str], settings: dict, cfg: dict, labeler: Labeler) -> dict:
+    """Everything that shapes what one input gives: a journal written under another fingerprint is not reused."""
+    from medti import __version__
+    from medti.preprocess.resume import file_checksum
+
+    shaping = ("size", "fit", "channels", "normalise", "percentiles")
+    return {"medti": __version__, "modality": modality, "classes": classes, "source": cfg,
+            "settings": {k: settings[k] for k in shaping}, "labels_csv": file_checksum(labeler.csv_path)}
+
+
+def _process(run: Runner, source, items: list, journal: PrepareJournal, rejects: list[Reject],
+             fail_fast: bool) -> list[ImageRecord]:
+    """Every item's records (rejects appended to ``rejects``): replayed from the journal of an interrupted run
+    where its files are unchanged, processed (and journaled) otherwise."""
+    records: list[ImageRecord] = []
+
+    def take(outs) -> None:
+        for out_item in outs:
+            if isinstance(out_item, Reject):
+                if fail_fast:
+                    _fail(source.root, out_item)
+                rejects.append(out_item)
+            else:
+                records.append(out_item)
+
+    keys, todo = {}, []
+    for item in items:
+        key = journal.item_key(item)
+        stamp = journal.stamp(source.root, _item_inputs(source, item))
+        keys[id(item)] = key, stamp
+        done = journal.replay(key, stamp)
+        if done is None:
+            todo.append(item)
+        else:
+            take([*done[1], *done[0]])
+    if len(todo) < len(items):
+        log.info("prepare: resuming an interrupted run: %d of %d inputs already done", len(items) - len(todo),
+                 len(items))
+    for item, outs in run.per_item("process", todo, done=len(items) - len(todo)):
+        key, stamp = keys[id(item)]
+        journal.add(key, stamp, [o for o in outs if isinstance(o, ImageRecord)],
+                    [o for o in outs if isinstance(o, Reject)])
+        take(outs)
+    return records
 
 
 def _fail(root: Path, reject: Reject):
@@ -298,7 +356,8 @@ def _drop_duplicates(records: list[ImageRecord]) -> tuple[list[ImageRecord], lis
     return keep, rejects
 
 
-def _finish(tmp: Path, records, rejects, classes, settings, seed: int, modality: str, cfg: dict, source) -> dict:
+def _finish(tmp: Path, staging: Path, records, rejects, classes, settings, seed: int, modality: str, cfg: dict,
+            source) -> dict:
     import pandas as pd
 
     from medti.manifest import REAL_COLUMNS, SPLITS, write_manifest
@@ -327,13 +386,13 @@ def _finish(tmp: Path, records, rejects, classes, settings, seed: int, modality:
     for r in unused:
         rejects += [Reject(p, "unused", f"left out: prepare.split takes fewer subjects of class '{r.cls}' than there are")
                     for p in r.inputs]
-        (tmp / ".staging" / r.staged).unlink()
+        (staging / r.staged).unlink()
     table = []
     for split, cls in {(split, r.cls) for r, split in rows}:
         (tmp / "images" / split / cls).mkdir(parents=True)
     for r, split in rows:
         rel = Path("images") / split / r.cls / f"{r.image_id}.png"
-        os.replace(tmp / ".staging" / r.staged, tmp / rel)
+        os.replace(staging / r.staged, tmp / rel)
         table.append({"path": rel.as_posix(), "modality": modality, "class": r.cls, "label": classes.index(r.cls),
                       "subject_id": r.subject_id, "split": split, "source_checksum": r.source_checksum,
                       "synthetic": False, "ti_subset": r.image_id in ti_ids})
