@@ -48,7 +48,8 @@ def add_bench_parser(bsub) -> None:
     p.add_argument("--no-baseline", action="store_true", help="measure medti only")
     p.add_argument("--diffusers-script", metavar="PATH",
                    help="run diffusers' examples/textual_inversion/textual_inversion.py as the baseline (needs "
-                        "accelerate and torchvision; it runs unchanged, its UNet passes timed after the warm-up)")
+                        "accelerate: pip install medti[bench]; it runs unchanged, its UNet passes timed after the "
+                        "warm-up; where torchvision is missing its one transform is stood in for)")
     p.add_argument("--script-args", default="", help="extra arguments for --diffusers-script, as one string")
     p.add_argument("--gradient-checkpointing", action="store_true", help="for medti")
     p.add_argument("--compile", action="store_true", help="for medti: torch.compile the UNet (warm-up steps compile)")
@@ -378,7 +379,7 @@ def run_diffusers_script(job: dict, device) -> dict:
                "--output_dir", str(Path(tmp) / "out"), "--seed", "0",
                "--save_steps", "1000000", "--checkpointing_steps", "1000000",
                *(["--mixed_precision", "fp16"] if device.type == "cuda" else []), *job["script_args"].split()]
-        env = os.environ | {SCRIPT_WARMUP: str(job["warmup"])}
+        env = os.environ | {SCRIPT_WARMUP: str(job["warmup"]), SCRIPT_THREADS: str(job.get("threads") or "")}
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
         wall = time.perf_counter() - t0
@@ -390,38 +391,76 @@ def run_diffusers_script(job: dict, device) -> dict:
     if not reports or not reports[-1].get("steps_per_s"):
         raise MedtiError(f"{job['diffusers_script']}: no timed UNet steps seen (did it train {steps} steps?)")
     r = reports[-1]
+    start = {}
     if device.type == "cuda":
         peak, memory = r.get("cuda_peak_mb"), "CUDA max allocated by the script"
+    elif r.get("rss_peak_mb"):
+        peak, memory = r["rss_peak_mb"], "peak RSS of the script from its first training step"
+        start = {"start_mb": r["rss_start_mb"]}
     else:
         peak, memory = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, "peak RSS of the script"
     return {"arch": job["arch"], "method": "script", "resolution": resolution, "device": str(device),
             "batch_size": job["batch_size"], "num_vectors": job["num_vectors"], "steps": r["timed_steps"],
             "setup_s": round(wall - r["timed_steps"] / r["steps_per_s"], 2), "steps_per_s": r["steps_per_s"],
             "images_per_s": r["steps_per_s"] * job["batch_size"],
-            "peak_mb": round(peak, 1) if peak is not None else None, "memory": memory}
+            "peak_mb": round(peak, 1) if peak is not None else None, "memory": memory, **start}
 
 
-SCRIPT_REPORT, SCRIPT_WARMUP = "MEDTI_SCRIPT_REPORT", "MEDTI_SCRIPT_WARMUP"
+SCRIPT_REPORT, SCRIPT_WARMUP, SCRIPT_THREADS = "MEDTI_SCRIPT_REPORT", "MEDTI_SCRIPT_WARMUP", "MEDTI_SCRIPT_THREADS"
+
+
+def _torchvision_stand_in() -> None:
+    """Where torchvision is missing (a CPU machine of this project: its wheels pull a CUDA torch), give the
+    script the one thing it takes from it, ``transforms.RandomHorizontalFlip`` on a PIL image."""
+    import random
+    import types
+
+    from PIL import Image
+
+    class RandomHorizontalFlip:
+        def __init__(self, p: float = 0.5):
+            self.p = p
+
+        def __call__(self, img):
+            return img.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if random.random() < self.p else img
+
+    transforms = types.ModuleType("torchvision.transforms")
+    transforms.RandomHorizontalFlip = RandomHorizontalFlip
+    torchvision = types.ModuleType("torchvision")
+    torchvision.transforms = transforms
+    sys.modules.update({"torchvision": torchvision, "torchvision.transforms": transforms})
 
 
 def run_script(script: str, argv: list[str]) -> None:
     """Run ``script`` as ``python script argv...`` would, stamping each UNet forward pass; at exit print the
-    steps/s after ``$MEDTI_SCRIPT_WARMUP`` passes and the CUDA peak to stderr (one JSON line)."""
+    steps/s after ``$MEDTI_SCRIPT_WARMUP`` passes and the CUDA peak (on a CPU: the peak RSS from the first
+    training step on, as medti's side measures its training phase) to stderr (one JSON line)."""
     import atexit
+    import importlib.util
     import runpy
 
+    import torch
     from diffusers import UNet2DConditionModel
 
+    if os.environ.get(SCRIPT_THREADS):
+        torch.set_num_threads(int(os.environ[SCRIPT_THREADS]))
+    if importlib.util.find_spec("torchvision") is None:
+        _torchvision_stand_in()
     stamps: list[float] = []
+    rss: dict[str, float] = {}
     forward = UNet2DConditionModel.forward
 
     def stamped_forward(self, *args, **kwargs):
+        if not stamps and not torch.cuda.is_available():
+            try:  # the models are loaded: reset VmHWM, so the peak is the training phase's
+                Path("/proc/self/clear_refs").write_text("5")
+                rss["rss_start_mb"] = round(_proc_status_mb("VmRSS"), 1)
+            except OSError:
+                pass
         stamps.append(time.perf_counter())
         return forward(self, *args, **kwargs)
 
     def report() -> None:
-        import torch
-
         warmup = int(os.environ.get(SCRIPT_WARMUP, "0"))
         out = {"unet_calls": len(stamps), "timed_steps": 0, "steps_per_s": None, "cuda_peak_mb": None}
         if len(stamps) > warmup + 1:  # the last stamp opens the last step: time up to it, count the steps between
@@ -429,6 +468,8 @@ def run_script(script: str, argv: list[str]) -> None:
             out["steps_per_s"] = out["timed_steps"] / (stamps[-1] - stamps[warmup])
         if torch.cuda.is_available() and torch.cuda.is_initialized():
             out["cuda_peak_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+        elif rss:
+            out.update(rss, rss_peak_mb=round(_proc_status_mb("VmHWM"), 1))
         print(f"{SCRIPT_REPORT} {json.dumps(out)}", file=sys.stderr, flush=True)
 
     UNet2DConditionModel.forward = stamped_forward
