@@ -10,7 +10,9 @@ The protocol follows the paper: a fixed number of Adam steps (lr 1e-4, batch 32)
 random rotations, scaling, shifts, brightness and contrast changes; no flips, anatomy is lateralised), the
 validation AUROC every ``eval_every`` steps, the weights of the best validation AUROC kept, and the test AUC
 measured once, on the held-out real test split only. Everything random (initial weights, the subset drawn
-for a count, batches, augmentation) follows ``--seed``, so a run on the CPU is reproducible.
+for a count, batches, augmentation) follows ``--seed``, so a run on the CPU is reproducible. A checkpoint every
+``checkpoint_every`` steps (``.medti/checkpoints/classifier/...``) lets a killed run, started again with the
+same command, resume and end with the same weights as an uninterrupted one.
 
 Outputs (the folder appears whole or not at all): model.pt (the best weights, a plain state_dict),
 model.json (how to rebuild the network), metrics.json, predictions.csv (test images: id, label, class
@@ -50,6 +52,7 @@ class ClassifierSettings:
     lr: float = 1.0e-4
     batch_size: int = 32
     eval_every: int = 50
+    checkpoint_every: int = 250  # 0: no checkpoints
     augment: bool = True
     device: str = "auto"
 
@@ -66,6 +69,8 @@ class ClassifierSettings:
         for name in ("steps", "batch_size", "eval_every"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"{source}.{name}: must be at least 1, got {getattr(self, name)}")
+        if int(self.checkpoint_every) < 0:
+            raise ConfigError(f"{source}.checkpoint_every: must be 0 (none) or more, got {self.checkpoint_every}")
         if self.size < 32:
             raise ConfigError(f"{source}.size: must be at least 32 px (the networks downsample 32-fold), got {self.size}")
         if not self.lr > 0 or not self.width > 0:
@@ -109,17 +114,30 @@ def _augment(x, generator):
     return ((x - mean) * contrast + mean + brightness).clamp(0.0, 1.0)
 
 
-def _batches(n: int, batch_size: int, generator):
-    """Endless shuffled batches of indices: a fresh permutation each epoch, its last partial batch dropped."""
-    import torch
+class BatchOrder:
+    """Endless shuffled batches of indices: a fresh permutation each epoch, its last partial batch dropped.
 
-    while True:
-        perm = torch.randperm(n, generator=generator)
-        if n <= batch_size:
-            yield perm
-            continue
-        for i in range(0, n - batch_size + 1, batch_size):
-            yield perm[i:i + batch_size]
+    Its position is part of a checkpoint, so a resumed run draws the batches an uninterrupted one would."""
+
+    def __init__(self, n: int, batch_size: int, generator):
+        self.n, self.batch_size, self.generator = n, batch_size, generator
+        self.perm, self.pos = None, 0
+
+    def next(self):
+        import torch
+
+        if self.n <= self.batch_size:
+            return torch.randperm(self.n, generator=self.generator)
+        if self.perm is None or self.pos + self.batch_size > self.n:
+            self.perm, self.pos = torch.randperm(self.n, generator=self.generator), 0
+        self.pos += self.batch_size
+        return self.perm[self.pos - self.batch_size:self.pos]
+
+    def state_dict(self) -> dict:
+        return {"perm": self.perm, "pos": self.pos}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.perm, self.pos = state["perm"], int(state["pos"])
 
 
 def _evaluate(net, split) -> tuple[float, float, np.ndarray]:
@@ -133,8 +151,11 @@ def _evaluate(net, split) -> tuple[float, float, np.ndarray]:
     return auc(split.labels, probs), nll, probs
 
 
-def fit(net, data, settings: ClassifierSettings, seed: int, tracker=None):
-    """Train ``net``; return (history rows, best state_dict, best step, best validation AUC)."""
+def fit(net, data, settings: ClassifierSettings, seed: int, tracker=None, store=None):
+    """Train ``net``; return (history rows, best state_dict, best step, best validation AUC).
+
+    ``store`` (a ``CheckpointStore``): resume from its checkpoint if it holds one, and save one every
+    ``settings.checkpoint_every`` steps."""
     import torch
     import torch.nn.functional as F
 
@@ -146,12 +167,26 @@ def fit(net, data, settings: ClassifierSettings, seed: int, tracker=None):
     optimiser = torch.optim.Adam(net.parameters(), lr=settings.lr)
     images = data.train.images
     labels = torch.from_numpy(data.train.labels)
-    batches = _batches(len(labels), settings.batch_size, generator)
+    batches = BatchOrder(len(labels), settings.batch_size, generator)
     history, losses = [], []
     best = (-1.0, -math.inf, 0, None)
+    done = 0
+    state = store.load() if store is not None else None
+    if state is not None:
+        net.load_state_dict(state["net"])
+        optimiser.load_state_dict(state["optimiser"])
+        generator.set_state(state["generator"])
+        batches.load_state_dict(state["batches"])
+        history, losses = state["history"], [torch.tensor(v) for v in state["losses"]]
+        best, done = (state["best_auc"], state["best_neg_loss"], state["best_step"], state["best_state"]), state["step"]
+        log.info("resuming from the checkpoint at step %d (%s)", done, store.state_path)
+        if tracker is not None:  # each MLflow run is complete: the rows of the first attempt too
+            for row in history:
+                tracker.log_metrics({k: v for k, v in row.items() if k != "step"}, step=row["step"])
     net.train()
-    for step in progress(range(1, settings.steps + 1), total=settings.steps, desc="train-classifier"):
-        idx = next(batches)
+    for step in progress(range(done + 1, settings.steps + 1), total=settings.steps, initial=done,
+                         desc="train-classifier"):
+        idx = batches.next()
         x = images[idx].to(device).float() / 255.0
         if settings.augment:
             x = _augment(x, generator)
@@ -174,6 +209,12 @@ def fit(net, data, settings: ClassifierSettings, seed: int, tracker=None):
                 tracker.log_metrics({"train_loss": train_loss, "val_loss": val_loss, "val_auc": val_auc}, step=step)
             if (val_auc, -val_loss) > best[:2]:  # the best AUROC; among equal ones, the lowest loss
                 best = (val_auc, -val_loss, step, {k: v.detach().clone() for k, v in net.state_dict().items()})
+        if store is not None and settings.checkpoint_every and step % settings.checkpoint_every == 0 \
+                and step < settings.steps:
+            store.save({"step": step, "net": net.state_dict(), "optimiser": optimiser.state_dict(),
+                        "generator": generator.get_state(), "batches": batches.state_dict(), "history": history,
+                        "losses": [float(v) for v in losses], "best_auc": best[0], "best_neg_loss": best[1],
+                        "best_step": best[2], "best_state": best[3]})
     return history, best[3], best[2], best[0]
 
 
@@ -256,19 +297,21 @@ def _write_outputs(folder: Path, state, spec, settings, data, history, metrics, 
 def train_classifier(real_manifest, out, *, settings: ClassifierSettings | None = None, synthetic_manifest=None,
                      real_count: int | None = None, synthetic_count: int | None = 0, seed: int = 0,
                      modality: str | None = None, classes: list[str] | None = None, condition: str | None = None,
-                     params: dict | None = None, threads: int | None = None) -> ClassifierResult:
+                     params: dict | None = None, threads: int | None = None,
+                     checkpoint_dir=None) -> ClassifierResult:
     """Train one classifier and write its folder ``out``; see the module docstring for the protocol.
 
     ``real_count``/``synthetic_count``: None for all, or a count (a class-stratified random subset).
-    ``params`` is only used for tracking (MLflow run in the project's store).
+    ``params`` is used for tracking (MLflow run in the project's store) and to find the project root, under
+    which checkpoints go unless ``checkpoint_dir`` is given.
     """
     import torch
 
     from medti.atomic import atomic_dir, sweep_stale_temporaries
+    from medti.checkpoint import CheckpointStore, default_checkpoint_dir
     from medti.classifier_data import load_experiment
-    from medti.cnn import NetworkSpec, build_network, predict
+    from medti.cnn import NetworkSpec, build_network
     from medti.models.loading import resolve_device
-    from medti.stats import auc
     from medti.tracking import track
 
     settings = (settings or ClassifierSettings()).validate()
@@ -287,36 +330,70 @@ def train_classifier(real_manifest, out, *, settings: ClassifierSettings | None 
     name = "/".join(str(p) for p in (modality, condition, f"seed{seed}") if p is not None)
     tags = {"modality": modality, "condition": condition, "seed": seed}
     inputs = {"real": real_manifest, "synthetic": synthetic_manifest if data.n_synthetic else None}
-    with track(params, "train-classifier", run_name=name, tags=tags, inputs=inputs) as tracker:
-        tracker.log_params({"classifier": settings.to_dict(), "condition": condition, "seed": seed,
-                            "modality": modality, "classes": ",".join(data.classes), "n_real": data.n_real,
-                            "n_synthetic": data.n_synthetic})
-        started = time.perf_counter()
-        history, state, best_step, best_val = fit(net, data, settings, seed, tracker)
-        seconds = time.perf_counter() - started
-        net.load_state_dict(state)
-        probs = predict(net, data.test.images).numpy()
-        test_auc = auc(data.test.labels, probs)
-        metrics = {
-            "test_auc": test_auc, "best_val_auc": best_val, "best_step": best_step,
-            "test_accuracy": float(np.mean(probs.argmax(axis=1) == data.test.labels)),
-            "n_real": data.n_real, "n_synthetic": data.n_synthetic, "n_train": len(data.train),
-            "n_val": len(data.val), "n_test": len(data.test), "seed": seed, "steps": settings.steps,
-        }
-        title = name or "classifier"
-        with atomic_dir(out) as tmp:
-            _write_outputs(tmp, state, spec, settings, data, history, metrics, probs, title)
-        tracker.log_metrics({"test_auc": test_auc, "best_val_auc": best_val, "best_step": best_step,
-                             "test_accuracy": metrics["test_accuracy"], "train_seconds": seconds})
-        for artifact in ("roc.png", "confusion.png", "confusion.csv", "curves.png", "metrics.json", "history.csv"):
-            tracker.log_artifact(out / artifact)
-    log.info("%s: test AUC %.3f (best validation AUC %.3f at step %d; %d steps in %.1f s)", title, test_auc,
-             best_val, best_step, settings.steps, seconds)
+    store = None
+    if 0 < settings.checkpoint_every < settings.steps:
+        store = CheckpointStore(checkpoint_dir or default_checkpoint_dir(out, params, "classifier", modality, condition,
+                                                                         f"seed{seed}", kind="classifier-"),
+                                _run_key(settings, spec, data, seed, device))
+    lock = store.lock() if store is not None else None
+    try:
+        with track(params, "train-classifier", run_name=name, tags=tags, inputs=inputs) as tracker:
+            tracker.log_params({"classifier": settings.to_dict(), "condition": condition, "seed": seed,
+                                "modality": modality, "classes": ",".join(data.classes), "n_real": data.n_real,
+                                "n_synthetic": data.n_synthetic})
+            started = time.perf_counter()
+            history, state, best_step, best_val = fit(net, data, settings, seed, tracker, store)
+            seconds = time.perf_counter() - started
+            metrics, probs, title = _test(net, state, data, settings, best_step, best_val, seed, name)
+            with atomic_dir(out) as tmp:
+                _write_outputs(tmp, state, spec, settings, data, history, metrics, probs, title)
+            tracker.log_metrics({"test_auc": metrics["test_auc"], "best_val_auc": best_val, "best_step": best_step,
+                                 "test_accuracy": metrics["test_accuracy"], "train_seconds": seconds})
+            for artifact in ("roc.png", "confusion.png", "confusion.csv", "curves.png", "metrics.json", "history.csv"):
+                tracker.log_artifact(out / artifact)
+        if store is not None:
+            store.remove()  # the outputs are in place
+    finally:
+        if lock is not None:
+            lock.release()
+    log.info("%s: test AUC %.3f (best validation AUC %.3f at step %d; %d steps in %.1f s)", title,
+             metrics["test_auc"], best_val, best_step, settings.steps, seconds)
     return ClassifierResult(out=out, metrics=metrics)
 
 
+def _run_key(settings: ClassifierSettings, spec, data, seed: int, device) -> str:
+    """What a checkpoint must match to be resumed: the settings that shape the weights, the network, the exact
+    training and validation images and labels, the seed and the device type."""
+    import hashlib
+
+    from medti.checkpoint import fingerprint
+
+    digest = hashlib.sha256()
+    for split in (data.train, data.val):
+        digest.update(np.ascontiguousarray(split.images.numpy()).tobytes())
+        digest.update(np.ascontiguousarray(split.labels).tobytes())
+    shaping = {k: v for k, v in settings.to_dict().items() if k not in ("checkpoint_every", "device")}
+    return fingerprint(shaping, spec.to_dict(), digest.hexdigest(), seed, device.type)
+
+
+def _test(net, state, data, settings, best_step: int, best_val: float, seed: int, name: str):
+    """(metrics, test probabilities, title) of the best weights on the held-out test split."""
+    from medti.cnn import predict
+    from medti.stats import auc
+
+    net.load_state_dict(state)
+    probs = predict(net, data.test.images).numpy()
+    metrics = {
+        "test_auc": auc(data.test.labels, probs), "best_val_auc": best_val, "best_step": best_step,
+        "test_accuracy": float(np.mean(probs.argmax(axis=1) == data.test.labels)),
+        "n_real": data.n_real, "n_synthetic": data.n_synthetic, "n_train": len(data.train),
+        "n_val": len(data.val), "n_test": len(data.test), "seed": seed, "steps": settings.steps,
+    }
+    return metrics, probs, name or "classifier"
+
+
 def train_from_params(params: dict, modality: str, condition: str, seed: int, real_manifest, synthetic_manifest,
-                      out, threads: int | None = None, **overrides) -> ClassifierResult:
+                      out, threads: int | None = None, checkpoint_dir=None, **overrides) -> ClassifierResult:
     """The pipeline form: settings and the condition's counts from params.yaml (``overrides`` on top)."""
     from medti.classifier_data import condition_counts
     from medti.config import modality as modality_of, stage
@@ -326,7 +403,8 @@ def train_from_params(params: dict, modality: str, condition: str, seed: int, re
     settings = ClassifierSettings.from_section(stage(params, "classifier", modality), **overrides)
     return train_classifier(real_manifest, out, settings=settings, synthetic_manifest=synthetic_manifest,
                             real_count=real_count, synthetic_count=synthetic_count, seed=seed, modality=modality,
-                            classes=classes, condition=condition, params=params, threads=threads)
+                            classes=classes, condition=condition, params=params, threads=threads,
+                            checkpoint_dir=checkpoint_dir)
 
 
 def load_classifier(folder, device: str = "cpu"):
@@ -374,6 +452,10 @@ def add_parser(sub) -> None:
     m.add_argument("--lr", type=float)
     m.add_argument("--batch-size", type=int)
     m.add_argument("--eval-every", type=int, help="steps between validation AUROC measurements")
+    m.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (0: none); a killed run started "
+                                                         "again with the same command resumes from the last one")
+    io.add_argument("--checkpoint-dir", metavar="DIR",
+                    help="where checkpoints go (default: .medti/checkpoints/classifier/... under the project root)")
     m.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None)
     m.add_argument("--device", help="auto | cpu | cuda | cuda:N")
     m.add_argument("--threads", type=int, help="CPU threads (default: torch's, i.e. OMP_NUM_THREADS when set)")
@@ -386,8 +468,8 @@ def run(args) -> int:
 
     params = load_params_arg(args)
     overrides = dict(arch=args.arch, width=args.width, pretrained=args.pretrained, size=args.size, steps=args.steps,
-                     lr=args.lr, batch_size=args.batch_size, eval_every=args.eval_every, augment=args.augment,
-                     device=args.device)
+                     lr=args.lr, batch_size=args.batch_size, eval_every=args.eval_every,
+                     checkpoint_every=args.checkpoint_every, augment=args.augment, device=args.device)
     if args.condition:
         if params is None or not args.modality:
             raise ConfigError("train-classifier: --condition needs --params and --modality (conditions live in "
@@ -396,7 +478,7 @@ def run(args) -> int:
             raise ConfigError("train-classifier: --real-count/--synthetic-count replace a condition; "
                               "give them or --condition, not both")
         train_from_params(params, args.modality, args.condition, args.seed, args.real, args.synthetic, args.out,
-                          threads=args.threads, **overrides)
+                          threads=args.threads, checkpoint_dir=args.checkpoint_dir, **overrides)
         return 0
     section = stage(params, "classifier", args.modality) if params else {}
     classes = params["modalities"][args.modality]["classes"] if params and args.modality else None
@@ -406,5 +488,6 @@ def run(args) -> int:
                                   "--synthetic-count")
     train_classifier(args.real, args.out, settings=ClassifierSettings.from_section(section, **overrides),
                      synthetic_manifest=args.synthetic, real_count=real_count, synthetic_count=synthetic_count,
-                     seed=args.seed, modality=args.modality, classes=classes, params=params, threads=args.threads)
+                     seed=args.seed, modality=args.modality, classes=classes, params=params, threads=args.threads,
+                     checkpoint_dir=args.checkpoint_dir)
     return 0

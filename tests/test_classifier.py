@@ -123,3 +123,85 @@ def test_bad_input_is_one_clear_line(toy, tmp_path, capsys):
     with pytest.raises(InputError, match="manifest not found"):
         train_classifier(tmp_path / "missing.csv", tmp_path / "e", settings=fast_settings())
     assert not any((tmp_path / n).exists() for n in "abcde")  # nothing half-written
+
+
+# -- checkpoints -----------------------------------------------------------------------------------------------
+
+KILLED_CHILD = """
+import sys, time
+import medti.classifier as clf
+augment = clf._augment
+def slow(x, generator):  # slowed down, so that the kill lands between checkpoints
+    time.sleep(0.2)
+    return augment(x, generator)
+clf._augment = slow
+sys.path.insert(0, {tests!r})
+from classifier_support import fast_settings
+clf.train_classifier({real!r}, {out!r}, settings=fast_settings(steps=40, checkpoint_every=10), seed=3,
+                     checkpoint_dir={ckpt!r})
+"""
+
+
+def weights(folder):
+    import torch
+
+    return torch.load(folder / "model.pt", weights_only=True)
+
+
+def test_a_sigkilled_classifier_resumes_to_the_same_weights(toy, tmp_path, caplog):
+    """Killed with SIGKILL after a checkpoint and started again with the same call, the run resumes there and ends
+    with the weights, history and metrics of an uninterrupted run (bit for bit on the CPU)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    import torch
+
+    _, real, _ = toy
+    settings = fast_settings(steps=40, checkpoint_every=10)
+    reference = train_classifier(real, tmp_path / "reference", settings=settings, seed=3,
+                                 checkpoint_dir=tmp_path / "ck-reference")
+    assert not (tmp_path / "ck-reference").exists()  # removed once the outputs are written
+
+    out, ckpt = tmp_path / "killed", tmp_path / "ck"
+    child = KILLED_CHILD.format(tests=str(Path(__file__).parent), real=str(real), out=str(out), ckpt=str(ckpt))
+    # the same torch thread count as this process: another would sum in another order, off by rounding
+    proc = subprocess.Popen([sys.executable, "-c", child], stderr=subprocess.PIPE,
+                            env={**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())})
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None and not (ckpt / "state.pt").is_file():
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+    time.sleep(0.5)  # a few steps past the checkpoint: their work is lost and redone
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    saved = torch.load(ckpt / "state.pt", weights_only=True)
+    assert 10 <= saved["step"] < 40 and not out.exists()
+
+    with caplog.at_level("INFO", logger="medti.classifier"):
+        resumed = train_classifier(real, out, settings=settings, seed=3, checkpoint_dir=ckpt)
+    assert f"resuming from the checkpoint at step {saved['step']}" in caplog.text
+    assert resumed.metrics == reference.metrics
+    assert (out / "history.csv").read_text() == (reference.out / "history.csv").read_text()
+    ref, got = weights(reference.out), weights(out)
+    assert ref.keys() == got.keys() and all(torch.equal(ref[k], got[k]) for k in ref)
+    assert not ckpt.exists()
+
+
+def test_a_checkpoint_of_other_settings_is_not_resumed(toy, tmp_path, caplog):
+    _, real, _ = toy
+    ckpt = tmp_path / "ck"
+    first = fast_settings(steps=20, checkpoint_every=10)
+    from medti.checkpoint import CheckpointStore
+
+    train_classifier(real, tmp_path / "a", settings=first, seed=0, checkpoint_dir=ckpt)
+    # leave a checkpoint behind as a killed run would: one of lr 1e-3
+    CheckpointStore(ckpt, "another run").save({"step": 10})
+    with caplog.at_level("WARNING"):
+        result = train_classifier(real, tmp_path / "b", settings=fast_settings(steps=20, checkpoint_every=10, lr=1e-3),
+                                  seed=0, checkpoint_dir=ckpt)
+    assert "other settings" in caplog.text and result.metrics["steps"] == 20
+    assert len(open(result.out / "history.csv").read().splitlines()) == 1 + 2  # both evaluations ran here

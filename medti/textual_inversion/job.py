@@ -8,7 +8,6 @@ only when training has finished, and the checkpoint is then removed.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import shutil
@@ -21,7 +20,7 @@ import torch
 from medti.embeddings import Embedding, save_embedding
 from medti.errors import TrainingError
 from medti.textual_inversion import report
-from medti.textual_inversion.checkpoint import CheckpointStore, fingerprint
+from medti.checkpoint import CheckpointStore, default_checkpoint_dir, fingerprint
 from medti.textual_inversion.settings import TrainSettings
 
 log = logging.getLogger(__name__)
@@ -33,19 +32,6 @@ class TrainResult:
     stats: dict = field(default_factory=dict)
     output: Path | None = None
     report_dir: Path | None = None
-
-
-def default_checkpoint_dir(output: str | os.PathLike, params: dict | None = None, modality: str | None = None,
-                           class_name: str | None = None) -> Path:
-    """``.medti/checkpoints/<modality>/<class>`` (pipeline) or ``.medti/checkpoints/standalone/<name>-<hash>``
-    under the project root: outside the declared outputs, so a failed job's checkpoint survives its retry."""
-    from medti.config import project_root
-
-    base = project_root(params) / ".medti" / "checkpoints"
-    if modality and class_name:
-        return base / modality / class_name
-    out = Path(output).resolve()
-    return base / "standalone" / f"{out.stem}-{hashlib.sha256(str(out).encode()).hexdigest()[:10]}"
 
 
 def _model_label(model) -> str:

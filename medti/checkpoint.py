@@ -1,15 +1,17 @@
-"""Checkpoints of a Textual Inversion run, written atomically so that a run killed at any moment resumes.
+"""Checkpoints of a training run (an embedding, a classifier), written atomically so that a run killed at any
+moment resumes.
 
-One file, ``state.pt``, holds the vectors, the optimiser and LR-scheduler states, every random-number
-state (torch CPU and CUDA, numpy, Python, and the run's own generator), the step and the metrics so far.
-It is written to a temporary file and renamed, so it is always a complete checkpoint; it is read with
-``torch.load(weights_only=True)``. A ``fingerprint`` of the base model, the images and the settings that
-shape the result is stored with it: a run with other inputs does not resume from it.
+One file, ``state.pt``, holds what the run needs to continue exactly where it stopped: its trainable
+tensors, the optimiser and LR-scheduler states, every random-number state (torch CPU and CUDA, numpy,
+Python, and the run's own generator), the step and the metrics so far. It is written to a temporary file and
+renamed, so it is always a complete checkpoint; it is read with ``torch.load(weights_only=True)``. A
+``fingerprint`` of the inputs and settings that shape the result is stored with it: a run with other inputs
+does not resume from it.
 
-The folder also stages the report (validation grids made along the way) until the run finishes, and
-holds a lock so two processes never train into the same checkpoint. It lives outside the declared outputs
-(``.medti/checkpoints/...`` under the project root by default), so a failed job's checkpoint survives
-for the retry; it is removed once the run has written its outputs.
+The folder also stages a run's report files (validation grids made along the way) until the run finishes,
+and holds a lock so two processes never train into the same checkpoint. It lives outside the declared
+outputs (``.medti/checkpoints/...`` under the project root by default), so a failed job's checkpoint
+survives for the retry; it is removed once the run has written its outputs.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import random
 import shutil
 from pathlib import Path
@@ -28,7 +31,7 @@ from medti.errors import TrainingError
 
 log = logging.getLogger(__name__)
 
-FORMAT = "medti-ti-checkpoint/1"
+FORMAT = "medti-ti-checkpoint/1"  # the name predates the classifier's use of the same format
 STATE = "state.pt"
 LOCK = "lock"
 
@@ -36,6 +39,19 @@ LOCK = "lock"
 def fingerprint(*parts) -> str:
     """A hash of JSON-serialisable inputs that define a run's result."""
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def default_checkpoint_dir(output: str | os.PathLike, params: dict | None, *names, kind: str = "") -> Path:
+    """``.medti/checkpoints/<names...>`` (a pipeline job, e.g. modality and class) or, when a name is missing,
+    ``.medti/checkpoints/standalone/<kind><output name>-<hash of its path>``, under the project root: outside
+    the declared outputs, so a failed job's checkpoint survives its retry."""
+    from medti.config import project_root
+
+    base = project_root(params) / ".medti" / "checkpoints"
+    if names and all(names):
+        return base.joinpath(*map(str, names))
+    out = Path(output).resolve()
+    return base / "standalone" / f"{kind}{out.stem}-{hashlib.sha256(str(out).encode()).hexdigest()[:10]}"
 
 
 def capture_rng(generator: torch.Generator) -> dict:
@@ -69,7 +85,7 @@ def _tuples(obj):
 
 
 class CheckpointStore:
-    """The checkpoint folder of one embedding run; ``run_key`` (a ``fingerprint``) is saved with every
+    """The checkpoint folder of one training run; ``run_key`` (a ``fingerprint``) is saved with every
     checkpoint, and only a checkpoint with the same key is resumed."""
 
     def __init__(self, folder: str | Path, run_key: str):
@@ -86,7 +102,7 @@ class CheckpointStore:
         return self.folder / "report"
 
     def lock(self):
-        """Exclusive use of this folder; a second process training the same embedding fails at once."""
+        """Exclusive use of this folder; a second process training the same run fails at once."""
         from filelock import FileLock, Timeout
 
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -94,7 +110,7 @@ class CheckpointStore:
         try:
             lock.acquire()
         except Timeout:
-            raise TrainingError(f"{self.folder}: another medti process is training this embedding now "
+            raise TrainingError(f"{self.folder}: another medti process is training this run now "
                                 "(its checkpoint folder is locked)") from None
         return lock
 
