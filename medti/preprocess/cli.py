@@ -18,7 +18,8 @@ def add_parser(sub) -> None:
                     "folders, MedMNIST .npz) into 8-bit PNGs, a manifest, rejects.csv, summary.json and sample "
                     "grids, split by subject and stratified by class. Pipeline form: --params params.yaml "
                     "--modality M --out DIR. Standalone form: --source-type T --input PATH --classes a,b --out DIR "
-                    "(plus labels and settings flags).")
+                    "(plus labels and settings flags). A killed run started again with the same settings resumes: "
+                    "inputs it had finished (and not changed since) are not read again.")
     add_common(p)
     p.add_argument("--modality", help="modality in params.yaml (pipeline form); the dataset's name (standalone)")
     p.add_argument("--out", help="output folder (default: prepare.out/<modality>)")
