@@ -41,7 +41,7 @@ def fingerprint(*parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def default_checkpoint_dir(output: str | os.PathLike, params: dict | None, *names, kind: str = "") -> Path:
+def checkpoint_dir_for(output: str | os.PathLike, params: dict | None, *names, kind: str = "") -> Path:
     """``.medti/checkpoints/<names...>`` (a pipeline job, e.g. modality and class) or, when a name is missing,
     ``.medti/checkpoints/standalone/<kind><output name>-<hash of its path>``, under the project root: outside
     the declared outputs, so a failed job's checkpoint survives its retry."""
@@ -152,5 +152,11 @@ class CheckpointStore:
         shutil.rmtree(self.staging, ignore_errors=True)
 
     def remove(self) -> None:
-        """Remove the whole folder after a finished run."""
-        shutil.rmtree(self.folder, ignore_errors=True)
+        """After a finished run: remove what this store wrote, and the folder if that leaves it empty (it may be
+        a folder the user named, holding other files)."""
+        self.discard()
+        (self.folder / LOCK).unlink(missing_ok=True)
+        try:
+            self.folder.rmdir()
+        except OSError:
+            pass

@@ -177,7 +177,7 @@ def fit(net, data, settings: ClassifierSettings, seed: int, tracker=None, store=
         optimiser.load_state_dict(state["optimiser"])
         generator.set_state(state["generator"])
         batches.load_state_dict(state["batches"])
-        history, losses = state["history"], [torch.tensor(v) for v in state["losses"]]
+        history, losses = state["history"], [torch.tensor(v, device=device) for v in state["losses"]]
         best, done = (state["best_auc"], state["best_neg_loss"], state["best_step"], state["best_state"]), state["step"]
         log.info("resuming from the checkpoint at step %d (%s)", done, store.state_path)
         if tracker is not None:  # each MLflow run is complete: the rows of the first attempt too
@@ -308,7 +308,7 @@ def train_classifier(real_manifest, out, *, settings: ClassifierSettings | None 
     import torch
 
     from medti.atomic import atomic_dir, sweep_stale_temporaries
-    from medti.checkpoint import CheckpointStore, default_checkpoint_dir
+    from medti.checkpoint import CheckpointStore, checkpoint_dir_for
     from medti.classifier_data import load_experiment
     from medti.cnn import NetworkSpec, build_network
     from medti.models.loading import resolve_device
@@ -332,8 +332,8 @@ def train_classifier(real_manifest, out, *, settings: ClassifierSettings | None 
     inputs = {"real": real_manifest, "synthetic": synthetic_manifest if data.n_synthetic else None}
     store = None
     if 0 < settings.checkpoint_every < settings.steps:
-        store = CheckpointStore(checkpoint_dir or default_checkpoint_dir(out, params, "classifier", modality, condition,
-                                                                         f"seed{seed}", kind="classifier-"),
+        store = CheckpointStore(checkpoint_dir or checkpoint_dir_for(out, params, "classifier", modality, condition,
+                                                                     f"seed{seed}", kind="classifier-"),
                                 _run_key(settings, spec, data, seed, device))
     lock = store.lock() if store is not None else None
     try:

@@ -137,7 +137,7 @@ def slow(x, generator):  # slowed down, so that the kill lands between checkpoin
 clf._augment = slow
 sys.path.insert(0, {tests!r})
 from classifier_support import fast_settings
-clf.train_classifier({real!r}, {out!r}, settings=fast_settings(steps=40, checkpoint_every=10), seed=3,
+clf.train_classifier({real!r}, {out!r}, settings=fast_settings(steps=40, checkpoint_every=25), seed=3,
                      checkpoint_dir={ckpt!r})
 """
 
@@ -161,7 +161,7 @@ def test_a_sigkilled_classifier_resumes_to_the_same_weights(toy, tmp_path, caplo
     import torch
 
     _, real, _ = toy
-    settings = fast_settings(steps=40, checkpoint_every=10)
+    settings = fast_settings(steps=40, checkpoint_every=25)  # between evaluations (every 10): losses pending
     reference = train_classifier(real, tmp_path / "reference", settings=settings, seed=3,
                                  checkpoint_dir=tmp_path / "ck-reference")
     assert not (tmp_path / "ck-reference").exists()  # removed once the outputs are written
@@ -179,7 +179,7 @@ def test_a_sigkilled_classifier_resumes_to_the_same_weights(toy, tmp_path, caplo
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     saved = torch.load(ckpt / "state.pt", weights_only=True)
-    assert 10 <= saved["step"] < 40 and not out.exists()
+    assert saved["step"] == 25 and len(saved["losses"]) == 5 and not out.exists()
 
     with caplog.at_level("INFO", logger="medti.classifier"):
         resumed = train_classifier(real, out, settings=settings, seed=3, checkpoint_dir=ckpt)
@@ -205,3 +205,13 @@ def test_a_checkpoint_of_other_settings_is_not_resumed(toy, tmp_path, caplog):
                                   seed=0, checkpoint_dir=ckpt)
     assert "other settings" in caplog.text and result.metrics["steps"] == 20
     assert len(open(result.out / "history.csv").read().splitlines()) == 1 + 2  # both evaluations ran here
+
+
+def test_a_named_checkpoint_folder_keeps_what_else_it_holds(toy, tmp_path):
+    _, real, _ = toy
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("not medti's")
+    train_classifier(real, tmp_path / "run", settings=fast_settings(steps=20, checkpoint_every=10), seed=0,
+                     checkpoint_dir=folder)
+    assert sorted(p.name for p in folder.iterdir()) == ["notes.txt"]

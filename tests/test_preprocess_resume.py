@@ -64,7 +64,7 @@ def test_an_interrupted_run_resumes_with_only_the_unfinished_inputs(tmp_path, ph
     with pytest.raises(Interrupt):
         run_prepare(tmp_path, source(phantoms), CLASSES, out="resumed", size=32)
     assert first and not (tmp_path / "resumed").exists()
-    assert len(list((resume_folder(tmp_path / "resumed") / "staging").iterdir())) == 7
+    assert len(list(resume_folder(tmp_path / "resumed").glob("staging-*/*.png"))) == 7
 
     # one input changes while the run is down: it is read again, the other six are not
     changed = phantoms / first[0]
@@ -96,8 +96,8 @@ def png_size(path: Path) -> tuple[int, int]:
 
 
 def test_a_sigkilled_prepare_resumes_to_the_same_dataset(tmp_path, phantoms):
-    """The real thing: a `prepare` process killed with SIGKILL mid-run (its inputs slowed down so that the kill
-    lands in the middle), then the same call again."""
+    """The real thing: a `prepare` process with two workers killed with SIGKILL mid-run (its inputs slowed down
+    so that the kill lands in the middle), then the same call again."""
     reference = run_prepare(tmp_path, source(phantoms), CLASSES, out="reference", size=32).out
     child = f"""
 import sys, time
@@ -110,7 +110,7 @@ def slow(self, relpath, ctx):
 DicomSource.process = slow
 from preprocess_support import run_prepare
 from pathlib import Path
-run_prepare(Path({str(tmp_path)!r}), {source(phantoms)!r}, {CLASSES!r}, out="killed", size=32)
+run_prepare(Path({str(tmp_path)!r}), {source(phantoms)!r}, {CLASSES!r}, out="killed", size=32, workers=2)
 """
     journal = resume_folder(tmp_path / "killed") / "journal.jsonl"
     proc = subprocess.Popen([sys.executable, "-c", child], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -147,3 +147,83 @@ def test_the_journal_holds_no_header_value_or_source_path(tmp_path, phantoms, mo
             value = str(ds.get(keyword, "") or "")
             assert len(value) < 6 or value not in text, keyword
     assert str(phantoms) not in text  # input paths are relative to the source, as in rejects.csv
+
+
+def failing(monkeypatch, calls: list[str], errors: dict[str, BaseException], stop_after: int | None = None):
+    """DicomSource.process that records its calls and raises ``errors[relpath]`` for the inputs named there."""
+
+    def process(self, relpath, ctx):
+        if stop_after is not None and len(calls) == stop_after:
+            raise Interrupt
+        calls.append(relpath)
+        if relpath in errors:
+            raise errors[relpath]
+        return PROCESS(self, relpath, ctx)
+
+    monkeypatch.setattr(DicomSource, "process", process)
+
+
+def test_a_fail_fast_stop_keeps_its_progress_for_the_rerun(tmp_path, phantoms, monkeypatch):
+    """`on_error: fail` stops at a bad input; once it is fixed, the rerun reads it and what was not done yet."""
+    from medti.errors import InputError
+    from medti.preprocess.records import Rejected
+
+    names = sorted(p.relative_to(phantoms).as_posix() for p in phantoms.glob("**/*.dcm"))
+    bad, calls = names[5], []
+    failing(monkeypatch, calls, {bad: Rejected("not_dicom", "not a DICOM file")})
+    with pytest.raises(InputError, match="on_error is fail"):
+        run_prepare(tmp_path, source(phantoms), CLASSES, out="out", size=32, on_error="fail")
+    assert calls == names[:6] and resume_folder(tmp_path / "out").is_dir() and not (tmp_path / "out").exists()
+
+    rerun = count_calls(monkeypatch)  # the file is replaced by a good one
+    os.utime(phantoms / bad, ns=((phantoms / bad).stat().st_atime_ns, (phantoms / bad).stat().st_mtime_ns + 10**9))
+    run_prepare(tmp_path, source(phantoms), CLASSES, out="out", size=32, on_error="fail")
+    assert sorted(rerun) == names[5:]
+
+
+def test_an_unexpected_error_is_retried_and_a_reject_is_replayed(tmp_path, phantoms, monkeypatch):
+    """An input that failed with an unexpected error (a flaky share) is read again by the rerun; one rejected
+    for a reason of its own is not: its reject is replayed."""
+    from medti.preprocess.records import Rejected
+
+    names = sorted(p.relative_to(phantoms).as_posix() for p in phantoms.glob("**/*.dcm"))
+    flaky, bad = names[2], names[5]
+    errors = {flaky: OSError("the share went away"), bad: Rejected("not_dicom", "not a DICOM file")}
+    failing(monkeypatch, [], errors, stop_after=12)
+    with pytest.raises(Interrupt):
+        run_prepare(tmp_path, source(phantoms), CLASSES, out="out", size=32)
+    calls = []
+    failing(monkeypatch, calls, {bad: AssertionError("a replayed input is not read again")})
+    result = run_prepare(tmp_path, source(phantoms), CLASSES, out="out", size=32)
+    assert sorted(calls) == sorted([flaky, *names[12:]])
+    listed = (result.out / "rejects.csv").read_text()
+    assert f"{bad},not_dicom,not a DICOM file" in listed and flaky not in listed
+
+
+def test_a_cut_off_journal_line_is_dropped_and_the_run_goes_on(tmp_path, phantoms, monkeypatch):
+    count_calls(monkeypatch, stop_after=6)
+    with pytest.raises(Interrupt):
+        run_prepare(tmp_path, source(phantoms), CLASSES, out="out", size=32)
+    journal = resume_folder(tmp_path / "out") / "journal.jsonl"
+    with open(journal, "a") as fh:
+        fh.write('{"key": "a line cut by the kill", "stam')
+    count_calls(monkeypatch, stop_after=3)  # interrupted again: its entries follow the dropped fragment
+    with pytest.raises(Interrupt):
+        run_prepare(tmp_path, source(phantoms), CLASSES, out="out", size=32)
+    lines = journal.read_text().splitlines()
+    assert len(lines) == 1 + 6 + 3 and all(json.loads(line) for line in lines)
+    calls = count_calls(monkeypatch)
+    run_prepare(tmp_path, source(phantoms), CLASSES, out="out", size=32)
+    assert len(calls) == len(list(phantoms.glob("**/*.dcm"))) - 9
+
+
+def test_two_runs_never_write_one_output_at_once(tmp_path):
+    from medti.errors import InputError
+    from medti.preprocess.resume import PrepareJournal
+
+    first = PrepareJournal(tmp_path / "out", {"a": 1}, b"s" * 16)
+    first.open()
+    with pytest.raises(InputError, match="another medti prepare is writing this output now"):
+        PrepareJournal(tmp_path / "out", {"a": 1}, b"s" * 16).open()
+    first.remove()
+    assert not resume_folder(tmp_path / "out").exists()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -108,7 +109,15 @@ def finish(unit: np.ndarray, size: int, fit: str, channels: str) -> np.ndarray:
 
 
 def save_png(img: np.ndarray, path: str | os.PathLike) -> None:
-    """Write an 8-bit PNG (no timestamp or other metadata, so identical pixels give identical bytes)."""
+    """Write an 8-bit PNG (no timestamp or other metadata, so identical pixels give identical bytes), whole or
+    not at all: a worker killed mid-write leaves no truncated file for a resumed run to pick up."""
     from PIL import Image
 
-    Image.fromarray(img).save(path, format="PNG", compress_level=3)  # ~as small as 6 and faster
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        Image.fromarray(img).save(tmp, format="PNG", compress_level=3)  # ~as small as 6 and faster
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from medti.config import project_root, stage
 from medti.deid import Deidentifier, load_salt
-from medti.errors import ConfigError, InputError, MedtiError
+from medti.errors import ConfigError, InputError
 from medti.preprocess.imaging import window_setting
 from medti.preprocess.inputs import check_dicom_keyword
 from medti.preprocess.labels import Labeler
@@ -252,8 +252,8 @@ def prepare_dataset(params: dict, modality: str, out: str | os.PathLike | None =
                                  "rejected": summary["rejected"]})
             tracker.log_artifact(tmp / "summary.json")
             tracker.log_artifact(tmp / "samples.png")
-    except MedtiError:
-        journal.remove()  # a reported failure (bad input, fail-fast) leaves nothing; a killed run keeps it
+    except BaseException:
+        journal.keep()  # what was done so far serves the rerun (after the input or setting is fixed)
         raise
     journal.remove()  # the output is in place
     return PrepareResult(out, summary["images_total"], summary["rejected"], summary)
@@ -284,10 +284,11 @@ def _process(run: Runner, source, items: list, journal: PrepareJournal, rejects:
             else:
                 records.append(out_item)
 
+    stamped = getattr(source, "stamped_files", None) or (lambda item: _item_inputs(source, item))
     keys, todo = {}, []
     for item in items:
         key = journal.item_key(item)
-        stamp = journal.stamp(source.root, _item_inputs(source, item))
+        stamp = journal.stamp(source.root, stamped(item))
         keys[id(item)] = key, stamp
         done = journal.replay(key, stamp)
         if done is None:
@@ -298,9 +299,10 @@ def _process(run: Runner, source, items: list, journal: PrepareJournal, rejects:
         log.info("prepare: resuming an interrupted run: %d of %d inputs already done", len(items) - len(todo),
                  len(items))
     for item, outs in run.per_item("process", todo, done=len(items) - len(todo)):
-        key, stamp = keys[id(item)]
-        journal.add(key, stamp, [o for o in outs if isinstance(o, ImageRecord)],
-                    [o for o in outs if isinstance(o, Reject)])
+        rejects_of_item = [o for o in outs if isinstance(o, Reject)]
+        if not any(r.kind == "error" for r in rejects_of_item):  # an unexpected error may pass: read it again
+            key, stamp = keys[id(item)]
+            journal.add(key, stamp, [o for o in outs if isinstance(o, ImageRecord)], rejects_of_item)
         take(outs)
     return records
 

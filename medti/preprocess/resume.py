@@ -1,13 +1,14 @@
 """Resuming an interrupted ``medti prepare``: what each input gave is journaled as it arrives.
 
 A large ingestion (tens of thousands of DICOMs on a network share) must not start over because a job was
-killed. Beside the output, ``.<name>.resume/`` holds the staged PNGs and ``journal.jsonl``: a header with the
-run's fingerprint (every setting that shapes a result, the labels file's checksum, the salt), then one line
-per finished input: a salted key of the item, a stamp of its files (size and modification time) and its
-records and rejects. A rerun with the same fingerprint replays the inputs whose files are unchanged and whose
-staged PNGs are all there, and processes only the rest; a different fingerprint starts afresh. The folder is
-removed once the output is in place, and after a reported failure (bad input, ``on_error: fail``), which leaves
-nothing behind; a killed or crashed run keeps it.
+killed or failed near its end. Beside the output, ``.<name>.resume/`` holds the staged PNGs and
+``journal.jsonl``: a header with the run's fingerprint (every setting that shapes a result, the labels file's
+checksum, the salt), then one line per finished input: a salted key of the item, a stamp of its files (size
+and modification time) and its records and rejects. A rerun with the same fingerprint replays the inputs
+whose files are unchanged and whose staged PNGs are all there, and processes only the rest; a different
+fingerprint starts afresh. Inputs that failed with an unexpected error (a flaky share, say) are not journaled,
+so a rerun tries them again. The folder is removed once the output is in place; a lock keeps two runs from
+writing the same output at once.
 
 No header value and no unredacted path is written: keys and stamps are salted hashes, and records and rejects
 hold what the output itself will hold (salted ids, redacted input paths).
@@ -23,11 +24,13 @@ import shutil
 from dataclasses import asdict
 from pathlib import Path
 
+from medti.errors import InputError
 from medti.preprocess.records import ImageRecord, Reject
 
 log = logging.getLogger("medti.prepare")
 
 FORMAT = 1
+JOURNAL, LOCK = "journal.jsonl", "lock"
 
 
 def resume_folder(out: Path) -> Path:
@@ -44,12 +47,16 @@ class PrepareJournal:
     """The journal of one ``prepare`` output. ``done`` maps item keys to their (records, rejects, stamp)."""
 
     def __init__(self, out: Path, fingerprint: dict, salt: bytes):
+        self.out = out
         self.folder = resume_folder(out)
-        self.staging = self.folder / "staging"
         self._salt = salt
         self.fingerprint = self._hash(json.dumps(fingerprint, sort_keys=True, default=str))
+        # per fingerprint: a PNG a killed run's orphaned worker writes late never lands in another run's staging
+        self.staging = self.folder / f"staging-{self.fingerprint[:12]}"
         self.done: dict[str, tuple[list[ImageRecord], list[Reject], str]] = {}
         self._fh = None
+        self._lock = None
+        self.added = 0
 
     def _hash(self, text: str) -> str:
         return hmac.new(self._salt, f"prepare-journal\0{text}".encode("utf-8"), hashlib.sha256).hexdigest()
@@ -57,10 +64,10 @@ class PrepareJournal:
     def item_key(self, item) -> str:
         return self._hash(json.dumps(item, default=str))
 
-    def stamp(self, root: Path, inputs: list[str]) -> str:
-        """Size and modification time of the files behind an item's inputs ('file#index' names one file)."""
+    def stamp(self, root: Path, files: list[str]) -> str:
+        """Size and modification time of an item's files ('file#index' names one file)."""
         parts = []
-        for name in sorted({p.split("#", 1)[0] for p in inputs}):
+        for name in sorted({p.split("#", 1)[0] for p in files}):
             try:
                 st = (root / name).stat()
                 parts.append(f"{name}\0{st.st_size}\0{st.st_mtime_ns}")
@@ -69,16 +76,28 @@ class PrepareJournal:
         return self._hash("\n".join(parts))
 
     def open(self) -> int:
-        """Load what an earlier run of the same settings finished (or start afresh); returns how many items."""
-        journal = self.folder / "journal.jsonl"
+        """Lock the folder, load what an earlier run of the same settings finished (or start afresh); returns
+        how many items are done."""
+        from filelock import FileLock, Timeout
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._lock = FileLock(str(self.folder / LOCK), timeout=0)
+        try:
+            self._lock.acquire()
+        except Timeout:
+            self._lock = None
+            raise InputError(f"{self.out}: another medti prepare is writing this output now") from None
+        journal = self.folder / JOURNAL
         entries = self._read(journal)
         if entries is None:
-            shutil.rmtree(self.folder, ignore_errors=True)
-            self.staging.mkdir(parents=True)
+            for p in self.folder.iterdir():  # another fingerprint's journal and staging
+                if p.name != LOCK:
+                    shutil.rmtree(p) if p.is_dir() else p.unlink()
+            self.staging.mkdir()
             header = {"medti_prepare_journal": FORMAT, "fingerprint": self.fingerprint}
             journal.write_text(json.dumps(header) + "\n", encoding="utf-8")
         else:
-            self.staging.mkdir(parents=True, exist_ok=True)
+            self.staging.mkdir(exist_ok=True)
             for entry in entries:
                 records = [ImageRecord(**{**r, "inputs": tuple(r["inputs"])}) for r in entry["records"]]
                 if all((self.staging / r.staged).is_file() for r in records):
@@ -87,22 +106,21 @@ class PrepareJournal:
         return len(self.done)
 
     def _read(self, journal: Path) -> list[dict] | None:
-        """The entries of a journal written with this fingerprint, or None (no journal, other settings)."""
+        """The entries of a journal written with this fingerprint, or None (no journal, other settings). A line
+        cut short by a kill is dropped from the file, so that the next entry starts on a line of its own."""
         try:
-            lines = journal.read_text(encoding="utf-8").splitlines()
-            header = json.loads(lines[0])
-        except (OSError, ValueError, IndexError):
+            data = journal.read_bytes()
+            header = json.loads(data[:data.index(b"\n")])
+        except (OSError, ValueError):
             return None
         if header.get("medti_prepare_journal") != FORMAT or header.get("fingerprint") != self.fingerprint:
             log.info("prepare: the settings changed since the interrupted run; starting afresh")
             return None
-        entries = []
-        for line in lines[1:]:
-            try:
-                entries.append(json.loads(line))
-            except ValueError:  # the line being written when the run was killed
-                break
-        return entries
+        complete = data[:data.rindex(b"\n") + 1]
+        if len(complete) < len(data):
+            with open(journal, "r+b") as fh:
+                fh.truncate(len(complete))
+        return [json.loads(line) for line in complete.decode("utf-8").splitlines()[1:]]
 
     def replay(self, key: str, stamp: str) -> tuple[list[ImageRecord], list[Reject]] | None:
         """What the item gave in the interrupted run, if its files have not changed since."""
@@ -116,12 +134,30 @@ class PrepareJournal:
                  "rejects": [asdict(r) for r in rejects]}
         self._fh.write(json.dumps(entry) + "\n")
         self._fh.flush()  # in the OS's hands: a killed process loses nothing written so far
+        self.added += 1
 
     def close(self) -> None:
+        """Stop writing (the lock is kept until ``remove`` or ``keep``)."""
         if self._fh is not None:
             self._fh.close()
             self._fh = None
 
+    def keep(self) -> None:
+        """After a failed run: the journal stays for a rerun if it holds any progress, and the lock goes."""
+        self.close()
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+            if self.done or self.added:
+                log.info("prepare: %d inputs done so far are kept in %s; the same command resumes from them",
+                         len(self.done) + self.added, self.folder)
+            else:
+                shutil.rmtree(self.folder, ignore_errors=True)
+
     def remove(self) -> None:
+        """After a finished run: the journal and staging go."""
         self.close()
         shutil.rmtree(self.folder, ignore_errors=True)
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None

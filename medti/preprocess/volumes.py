@@ -258,6 +258,13 @@ class VolumeSource:
                 rejects.append(Reject(rel, "unused_file", f"{what} and is no case's mask"))
         return items, rejects
 
+    def stamped_files(self, item) -> list[str]:
+        """The item's inputs and the pixel files beside .mhd/.nhdr/.hdr headers: a resumed run re-reads the
+        case when any of them changed."""
+        inputs = self.inputs(item)
+        return inputs + [Path(rel).with_suffix(ext).as_posix() for rel in inputs for ext in _DATA_COMPANIONS
+                         if (self.root / Path(rel).with_suffix(ext)).is_file()]
+
     def inputs(self, item) -> list[str]:
         _, paths, mask = item
         return list(paths) + ([mask] if mask else [])

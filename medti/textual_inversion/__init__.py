@@ -18,7 +18,7 @@ _EXPORTS = {
     "TrainResult": "medti.textual_inversion.job",
     "train_embedding": "medti.textual_inversion.job",
     "train_from_params": "medti.textual_inversion.job",
-    "default_checkpoint_dir": "medti.checkpoint",
+    "default_checkpoint_dir": "medti.textual_inversion.job",
     "EmbeddingTrainer": "medti.textual_inversion.trainer",
 }
 

@@ -412,22 +412,25 @@ SCRIPT_REPORT, SCRIPT_WARMUP, SCRIPT_THREADS = "MEDTI_SCRIPT_REPORT", "MEDTI_SCR
 def _torchvision_stand_in() -> None:
     """Where torchvision is missing (a CPU machine of this project: its wheels pull a CUDA torch), give the
     script the one thing it takes from it, ``transforms.RandomHorizontalFlip`` on a PIL image."""
-    import random
+    import importlib.machinery
     import types
 
+    import torch
     from PIL import Image
 
     class RandomHorizontalFlip:
         def __init__(self, p: float = 0.5):
             self.p = p
 
-        def __call__(self, img):
-            return img.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if random.random() < self.p else img
+        def __call__(self, img):  # one draw from torch's generator per image, as torchvision's does
+            return img.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if torch.rand(1) < self.p else img
 
     transforms = types.ModuleType("torchvision.transforms")
     transforms.RandomHorizontalFlip = RandomHorizontalFlip
     torchvision = types.ModuleType("torchvision")
     torchvision.transforms = transforms
+    for module in (torchvision, transforms):  # so that find_spec() of them answers, as for real modules
+        module.__spec__ = importlib.machinery.ModuleSpec(module.__name__, None)
     sys.modules.update({"torchvision": torchvision, "torchvision.transforms": transforms})
 
 
@@ -451,7 +454,7 @@ def run_script(script: str, argv: list[str]) -> None:
     forward = UNet2DConditionModel.forward
 
     def stamped_forward(self, *args, **kwargs):
-        if not stamps and not torch.cuda.is_available():
+        if not stamps and not (torch.cuda.is_available() and torch.cuda.is_initialized()):
             try:  # the models are loaded: reset VmHWM, so the peak is the training phase's
                 Path("/proc/self/clear_refs").write_text("5")
                 rss["rss_start_mb"] = round(_proc_status_mb("VmRSS"), 1)

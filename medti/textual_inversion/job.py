@@ -20,7 +20,7 @@ import torch
 from medti.embeddings import Embedding, save_embedding
 from medti.errors import TrainingError
 from medti.textual_inversion import report
-from medti.checkpoint import CheckpointStore, default_checkpoint_dir, fingerprint
+from medti.checkpoint import CheckpointStore, checkpoint_dir_for, fingerprint
 from medti.textual_inversion.settings import TrainSettings
 
 log = logging.getLogger(__name__)
@@ -32,6 +32,13 @@ class TrainResult:
     stats: dict = field(default_factory=dict)
     output: Path | None = None
     report_dir: Path | None = None
+
+
+def default_checkpoint_dir(output: str | os.PathLike, params: dict | None = None, modality: str | None = None,
+                           class_name: str | None = None) -> Path:
+    """``.medti/checkpoints/<modality>/<class>`` (pipeline) or ``.medti/checkpoints/standalone/<name>-<hash>``
+    under the project root: outside the declared outputs, so a failed job's checkpoint survives its retry."""
+    return checkpoint_dir_for(output, params, modality, class_name)
 
 
 def _model_label(model) -> str:
