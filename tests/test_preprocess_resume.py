@@ -1,5 +1,6 @@
-"""A killed `medti prepare` resumes: a rerun with the same settings processes only the inputs the killed run
-had not finished, and writes the same dataset, byte for byte, as a run that was never interrupted."""
+"""A killed or failed `medti prepare` resumes: a rerun with the same settings processes only the inputs the first
+run had not finished (or that changed, or failed unexpectedly), and writes the same dataset, byte for byte, as
+a run that was never interrupted. Other settings start afresh; two runs never share one output's journal."""
 
 from __future__ import annotations
 
