@@ -228,3 +228,17 @@ def test_two_runs_never_write_one_output_at_once(tmp_path):
         PrepareJournal(tmp_path / "out", {"a": 1}, b"s" * 16).open()
     first.remove()
     assert not resume_folder(tmp_path / "out").exists()
+
+
+def test_a_second_prepare_of_one_output_stops_before_touching_the_first_ones_files(tmp_path, phantoms):
+    from medti.errors import InputError
+    from medti.preprocess.resume import PrepareJournal
+
+    running = PrepareJournal(tmp_path / "out", {"the": "first run"}, b"s" * 16)
+    running.open()
+    writing = tmp_path / ".out.k2j4x9ab.tmp"  # the first run's output, mid-write
+    writing.mkdir()
+    with pytest.raises(InputError, match="another medti prepare is writing this output now"):
+        run_prepare(tmp_path, source(phantoms), CLASSES, out="out", size=32)
+    assert writing.is_dir() and running.staging.is_dir()
+    running.remove()

@@ -216,14 +216,14 @@ def prepare_dataset(params: dict, modality: str, out: str | os.PathLike | None =
         raise ConfigError(f"modalities.{modality}.source.labels: a DICOM source needs labels.csv (with key) or labels.tag")
     if cfg["type"] == "volume" and not labeler.from_csv:
         raise ConfigError(f"modalities.{modality}.source.labels: a volume source needs labels.csv (with key path or case)")
-    sweep_stale_temporaries(out.parent, name=out.name)  # not the siblings that parallel jobs are writing
     salt = load_salt(root)
     deid = Deidentifier(salt)
     journal = PrepareJournal(out, _fingerprint(modality, classes, settings, cfg, labeler), salt)
+    journal.open()  # locks the output first: a second run on it stops here, before it sweeps anything
     try:
+        sweep_stale_temporaries(out.parent, name=out.name)  # not the siblings that parallel jobs are writing
         with track(params if track_run else None, "prepare", run_name=f"prepare-{modality}",
                    tags={"modality": modality}, root=root if track_run else None) as tracker, atomic_dir(out) as tmp:
-            journal.open()
             ctx = Context(classes=classes, size=int(settings["size"]), fit=settings["fit"], channels=settings["channels"],
                           normalise=settings["normalise"], percentiles=tuple(settings["percentiles"]),
                           window=window_setting(cfg.get("window")), frames=cfg.get("frames") or "middle",
