@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from medti.atomic import atomic_path, sweep_stale_temporaries
+from medti.atomic import atomic_path, sweep_stale_temporaries, try_lock
 from medti.errors import TrainingError
 
 log = logging.getLogger(__name__)
@@ -103,15 +103,10 @@ class CheckpointStore:
 
     def lock(self):
         """Exclusive use of this folder; a second process training the same run fails at once."""
-        from filelock import FileLock, Timeout
-
-        self.folder.mkdir(parents=True, exist_ok=True)
-        lock = FileLock(str(self.folder / LOCK), timeout=0)
-        try:
-            lock.acquire()
-        except Timeout:
+        lock = try_lock(self.folder / LOCK)
+        if lock is None:
             raise TrainingError(f"{self.folder}: another medti process is training this run now "
-                                "(its checkpoint folder is locked)") from None
+                                "(its checkpoint folder is locked)")
         return lock
 
     def load(self) -> dict | None:

@@ -154,8 +154,8 @@ def _evaluate(net, split) -> tuple[float, float, np.ndarray]:
 def fit(net, data, settings: ClassifierSettings, seed: int, tracker=None, store=None):
     """Train ``net``; return (history rows, best state_dict, best step, best validation AUC).
 
-    ``store`` (a ``CheckpointStore``): resume from its checkpoint if it holds one, and save one every
-    ``settings.checkpoint_every`` steps."""
+    ``store`` (a ``CheckpointStore``, given only when ``settings.checkpoint_every`` is set): resume from its
+    checkpoint if it holds one, and save one every ``settings.checkpoint_every`` steps."""
     import torch
     import torch.nn.functional as F
 
@@ -209,8 +209,7 @@ def fit(net, data, settings: ClassifierSettings, seed: int, tracker=None, store=
                 tracker.log_metrics({"train_loss": train_loss, "val_loss": val_loss, "val_auc": val_auc}, step=step)
             if (val_auc, -val_loss) > best[:2]:  # the best AUROC; among equal ones, the lowest loss
                 best = (val_auc, -val_loss, step, {k: v.detach().clone() for k, v in net.state_dict().items()})
-        if store is not None and settings.checkpoint_every and step % settings.checkpoint_every == 0 \
-                and step < settings.steps:
+        if store is not None and step % settings.checkpoint_every == 0 and step < settings.steps:
             store.save({"step": step, "net": net.state_dict(), "optimiser": optimiser.state_dict(),
                         "generator": generator.get_state(), "batches": batches.state_dict(), "history": history,
                         "losses": [float(v) for v in losses], "best_auc": best[0], "best_neg_loss": best[1],

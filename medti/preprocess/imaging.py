@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
@@ -113,11 +112,7 @@ def save_png(img: np.ndarray, path: str | os.PathLike) -> None:
     not at all: a worker killed mid-write leaves no truncated file for a resumed run to pick up."""
     from PIL import Image
 
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    from medti.atomic import atomic_path
+
+    with atomic_path(path, fsync=False) as tmp:
         Image.fromarray(img).save(tmp, format="PNG", compress_level=3)  # ~as small as 6 and faster
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise

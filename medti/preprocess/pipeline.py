@@ -149,7 +149,8 @@ class Runner:
             yield from outs
 
     def per_item(self, method: str, items: list, desc: str = "preparing", done: int = 0):
-        """``(item, [what it gave])`` in the order the items finish; ``done`` items are already counted."""
+        """``(index in items, [what it gave])`` in the order the items finish; ``done`` items are already
+        counted in the progress bar."""
         from medti.logs import progress
 
         tasks = [(method, i, item) for i, item in enumerate(items)]
@@ -160,11 +161,11 @@ class Runner:
             results = self.pool.imap_unordered(_call, tasks, chunksize=chunk)
         for index, out in progress(results, total=len(tasks) + done, initial=done, desc=desc, unit="input"):
             if isinstance(out, list):  # rejects of one item
-                yield items[index], out
+                yield index, out
             elif isinstance(out, Result):
-                yield items[index], [*out.rejects, *out.records]
+                yield index, [*out.rejects, *out.records]
             else:
-                yield items[index], [out]
+                yield index, [out]
 
 
 # -- the stage -------------------------------------------------------------------------------------------------
@@ -285,24 +286,22 @@ def _process(run: Runner, source, items: list, journal: PrepareJournal, rejects:
                 records.append(out_item)
 
     stamped = getattr(source, "stamped_files", None) or (lambda item: _item_inputs(source, item))
-    keys, todo = {}, []
+    todo, todo_keys = [], []
     for item in items:
-        key = journal.item_key(item)
-        stamp = journal.stamp(source.root, stamped(item))
-        keys[id(item)] = key, stamp
+        key, stamp = journal.item_key(item), journal.stamp(source.root, stamped(item))
         done = journal.replay(key, stamp)
         if done is None:
             todo.append(item)
+            todo_keys.append((key, stamp))
         else:
             take([*done[1], *done[0]])
     if len(todo) < len(items):
         log.info("prepare: resuming an interrupted run: %d of %d inputs already done", len(items) - len(todo),
                  len(items))
-    for item, outs in run.per_item("process", todo, done=len(items) - len(todo)):
+    for index, outs in run.per_item("process", todo, done=len(items) - len(todo)):
         rejects_of_item = [o for o in outs if isinstance(o, Reject)]
         if not any(r.kind == "error" for r in rejects_of_item):  # an unexpected error may pass: read it again
-            key, stamp = keys[id(item)]
-            journal.add(key, stamp, [o for o in outs if isinstance(o, ImageRecord)], rejects_of_item)
+            journal.add(*todo_keys[index], [o for o in outs if isinstance(o, ImageRecord)], rejects_of_item)
         take(outs)
     return records
 

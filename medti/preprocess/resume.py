@@ -78,15 +78,11 @@ class PrepareJournal:
     def open(self) -> int:
         """Lock the folder, load what an earlier run of the same settings finished (or start afresh); returns
         how many items are done."""
-        from filelock import FileLock, Timeout
+        from medti.atomic import try_lock
 
-        self.folder.mkdir(parents=True, exist_ok=True)
-        self._lock = FileLock(str(self.folder / LOCK), timeout=0)
-        try:
-            self._lock.acquire()
-        except Timeout:
-            self._lock = None
-            raise InputError(f"{self.out}: another medti prepare is writing this output now") from None
+        self._lock = try_lock(self.folder / LOCK)
+        if self._lock is None:
+            raise InputError(f"{self.out}: another medti prepare is writing this output now")
         journal = self.folder / JOURNAL
         entries = self._read(journal)
         if entries is None:

@@ -205,12 +205,20 @@ def reset_peak_memory(device) -> dict:
         torch.cuda.reset_peak_memory_stats(device)
         return {"start_mb": round(torch.cuda.memory_allocated(device) / 2**20, 1)}
     before = {"build_peak_mb": round(peak_rss_mb(), 1)}
-    try:  # resets VmHWM (and ru_maxrss) on Linux: from here on, the training phase's own peak
-        Path("/proc/self/clear_refs").write_text("5")
-        before["start_mb"] = round(_proc_status_mb("VmRSS"), 1)
-    except OSError:
-        pass
+    start = _reset_rss_peak()
+    if start is not None:
+        before["start_mb"] = start
     return before
+
+
+def _reset_rss_peak() -> float | None:
+    """Reset this process's peak RSS (VmHWM, and ru_maxrss, on Linux), so that from here on it is the peak of
+    what follows; return the RSS now (MB), or None where it cannot be reset."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return round(_proc_status_mb("VmRSS"), 1)
+    except OSError:
+        return None
 
 
 def _proc_status_mb(key: str) -> float:
@@ -455,11 +463,9 @@ def run_script(script: str, argv: list[str]) -> None:
 
     def stamped_forward(self, *args, **kwargs):
         if not stamps and not (torch.cuda.is_available() and torch.cuda.is_initialized()):
-            try:  # the models are loaded: reset VmHWM, so the peak is the training phase's
-                Path("/proc/self/clear_refs").write_text("5")
-                rss["rss_start_mb"] = round(_proc_status_mb("VmRSS"), 1)
-            except OSError:
-                pass
+            start = _reset_rss_peak()  # the models are loaded: from here on, the training phase's peak
+            if start is not None:
+                rss["rss_start_mb"] = start
         stamps.append(time.perf_counter())
         return forward(self, *args, **kwargs)
 
