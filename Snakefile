@@ -1,7 +1,9 @@
 # medti: phantoms/ingest -> one embedding per modality and class -> synthetic sets -> classifiers per
 # condition and seed -> evaluation -> report.  `snakemake --cores 4 --resources gpu=1`; `snakemake -n`.
 # params.yaml is the one source of parameters (DVC reads it too); each rule calls the medti CLI with the
-# same command dvc.yaml runs (tests/test_workflow.py fails when the two drift apart).
+# same command dvc.yaml runs (tests/test_workflow.py fails when the two drift apart), and sends its whole stderr
+# (medti's log, errors and tracebacks) to the rule's log file. After a successful run, dvc.lock records what it
+# made (`dvc commit` of the jobs that ran), so the outputs can be shared with `dvc push` as after `dvc repro`.
 
 from snakemake.utils import min_version
 
@@ -12,6 +14,8 @@ configfile: "params.yaml"
 
 
 include: "workflow/rules/common.smk"
+
+
 wildcard_constraints:
     modality="|".join(MODALITIES),
     cls="[a-z0-9_]+",
@@ -27,6 +31,10 @@ include: "workflow/rules/report.smk"
 
 
 rule all:
+    default_target: True
     input:
         OUT["report"],
-    default_target: True
+
+
+onsuccess:
+    record_in_dvc_lock()

@@ -16,8 +16,6 @@ survives for the retry; it is removed once the run has written its outputs.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 import random
@@ -28,6 +26,7 @@ import torch
 
 from medti.atomic import atomic_path, sweep_stale_temporaries, try_lock
 from medti.errors import TrainingError
+from medti.hashing import json_digest, sha256_hex
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +37,7 @@ LOCK = "lock"
 
 def fingerprint(*parts) -> str:
     """A hash of JSON-serialisable inputs that define a run's result."""
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+    return json_digest(parts)
 
 
 def checkpoint_dir_for(output: str | os.PathLike, params: dict | None, *names, kind: str = "") -> Path:
@@ -51,7 +50,7 @@ def checkpoint_dir_for(output: str | os.PathLike, params: dict | None, *names, k
     if names and all(names):
         return base.joinpath(*map(str, names))
     out = Path(output).resolve()
-    return base / "standalone" / f"{kind}{out.stem}-{hashlib.sha256(str(out).encode()).hexdigest()[:10]}"
+    return base / "standalone" / f"{kind}{out.stem}-{sha256_hex(str(out))[:10]}"
 
 
 def capture_rng(generator: torch.Generator) -> dict:

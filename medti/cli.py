@@ -1,7 +1,8 @@
 """The ``medti`` command: one sub-command per stage.
 
-Each stage module registers its own sub-commands through ``add_parser(subparsers)`` and keeps heavy
-imports (torch, diffusers, MLflow) inside its functions, so ``medti --help`` stays fast.
+Each stage package registers its sub-commands in its ``cli.py`` (``add_parser(subparsers)``); those modules hold
+only argparse and import nothing heavy, so ``medti --help`` and ``medti <command> --help`` load no torch. The
+convention every command follows is written down in :mod:`medti.cliutils`.
 """
 
 from __future__ import annotations
@@ -17,17 +18,17 @@ from medti.errors import MedtiError
 
 # Modules that register sub-commands, in the order the help lists them (the pipeline's order).
 COMMAND_MODULES = (
-    "medti.phantoms",
+    "medti.phantoms.cli",
     "medti.preprocess.cli",
     "medti.models.cli",
     "medti.textual_inversion.cli",
-    "medti.embeddings",
+    "medti.embeddings.cli",
     "medti.generate.cli",
-    "medti.classifier",
-    "medti.evaluate",
-    "medti.report",
-    "medti.bench",
-    "medti.workflow",
+    "medti.classifier.cli",
+    "medti.evaluate.cli",
+    "medti.report.cli",
+    "medti.bench.cli",
+    "medti.workflow.cli",
 )
 
 

@@ -27,6 +27,61 @@ def load_schema() -> dict:
         return yaml.safe_load(fh)
 
 
+def schema_section(section: str) -> dict:
+    """The schema of one params.yaml section (e.g. ``"classifier"``, ``"evaluate.quality"``), as a standalone
+    schema: its ``$ref``s resolve against the whole schema's definitions."""
+    node = load_schema()
+    for part in filter(None, section.split(".")):  # "": the top level (``seed``)
+        try:
+            node = node["properties"][part]
+        except KeyError:
+            raise KeyError(f"params schema has no section '{section}'") from None
+    return {**node, "definitions": load_schema()["definitions"]}
+
+
+def schema_default(setting: str) -> Any:
+    """The schema's default of one setting, e.g. ``schema_default("train_embedding.warmup_steps")``: the one
+    source of defaults for params.yaml, the settings classes and the command line."""
+    section, _, key = setting.rpartition(".")
+    props = schema_section(section)["properties"]
+    if key not in props:
+        raise KeyError(f"params schema has no setting '{setting}'")
+    prop = props[key]
+    if "default" not in prop:
+        raise KeyError(f"params schema gives '{setting}' no default")
+    return copy.deepcopy(prop["default"])
+
+
+def section_defaults(section: str) -> dict[str, Any]:
+    """Every default of a section, nested sections included (``{"augment": {"hflip": False, ...}, ...}``)."""
+    out = {}
+    for key, prop in schema_section(section)["properties"].items():
+        if "default" in prop:
+            out[key] = copy.deepcopy(prop["default"])
+        elif prop.get("type") == "object" and "properties" in prop:
+            out[key] = section_defaults(f"{section}.{key}")
+    return out
+
+
+def check_section(section: str, values: dict, source: str, names: dict[str, str] | None = None) -> None:
+    """Check ``values`` (a stage's settings, from any entry point) against the schema's bounds for
+    ``section``; raise ConfigError naming the first bad one as ``names[key]`` (e.g. its command-line flag) or
+    ``section.key``. The schema is the one source of bounds, so the CLI and params.yaml agree."""
+    import jsonschema
+
+    schema = {k: v for k, v in schema_section(section).items() if k != "required"}  # a part of a section is fine
+    validator = jsonschema.validators.validator_for(schema)(schema)
+    present = {k: v for k, v in values.items() if k in schema.get("properties", {})}
+    errors = sorted(validator.iter_errors(present), key=lambda e: (len(list(e.absolute_path)), str(e.message)))
+    if errors:
+        err = errors[0]
+        path = [str(p) for p in err.absolute_path]
+        named = (names or {}).get
+        where = next((named(".".join(path[:n])) for n in range(len(path), 0, -1) if named(".".join(path[:n]))),
+                     ".".join([section, *path]))
+        raise ConfigError(f"{source}: {where}: {err.message}")
+
+
 def _path_of(error) -> str:
     parts = [str(p) for p in error.absolute_path]
     return ".".join(parts) if parts else "(top level)"
@@ -62,7 +117,8 @@ def _derive_classes(params: dict, source: str) -> None:
     for key, entry in params["classes"].items():
         name, cls = entry["modality"], entry["class"]
         if name not in modalities:
-            raise ConfigError(f"{source}: classes.{key}.modality: '{name}' is not one of the modalities ({', '.join(modalities)})")
+            raise ConfigError(f"{source}: classes.{key}.modality: '{name}' is not one of the modalities "
+                              f"({', '.join(modalities)})")
         if key != f"{name}-{cls}":
             raise ConfigError(f"{source}: classes.{key}: the key must be '{name}-{cls}' (<modality>-<class>)")
         modalities[name]["classes"].append(cls)
@@ -93,7 +149,8 @@ def _check_cross_references(params: dict, source: str) -> None:
     modalities = params.get("modalities", {})
     for name in (params.get("phantoms") or {}).get("modalities", []):
         if name not in modalities:
-            raise ConfigError(f"{source}: phantoms.modalities: '{name}' is not one of the modalities ({', '.join(modalities)})")
+            raise ConfigError(f"{source}: phantoms.modalities: '{name}' is not one of the modalities "
+                              f"({', '.join(modalities)})")
 
 
 def load_params(path: str | os.PathLike = "params.yaml", overrides: dict | None = None) -> dict:

@@ -13,14 +13,13 @@ redacted; a file whose header cannot be read at all is listed by its path as it 
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import os
 import secrets
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from medti.errors import ConfigError
+from medti.hashing import keyed_digest
 
 SALT_ENV = "MEDTI_SALT_FILE"
 SALT_BYTES = 32
@@ -75,7 +74,7 @@ class Deidentifier:
         self._salt = salt
 
     def _digest(self, kind: str, value: str) -> str:
-        return hmac.new(self._salt, f"{kind}\0{value}".encode("utf-8"), hashlib.sha256).hexdigest()[:ID_HEX]
+        return keyed_digest(self._salt, f"{kind}\0{value}")[:ID_HEX]
 
     def subject(self, value: str) -> str:
         """The de-identified id of a subject (patient) named ``value`` in the source."""

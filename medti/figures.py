@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -45,7 +45,8 @@ def image_grid(images: Sequence, path: str | os.PathLike, ncols: int | None = No
         raise ValueError("no images for the grid")
     ncols = ncols or int(np.ceil(np.sqrt(n)))
     nrows = int(np.ceil(n / ncols))
-    fig, axes = plt.subplots(nrows, ncols, figsize=(cell_inches * ncols, cell_inches * nrows + (0.4 if suptitle else 0)),
+    fig, axes = plt.subplots(nrows, ncols,
+                             figsize=(cell_inches * ncols, cell_inches * nrows + (0.4 if suptitle else 0)),
                              squeeze=False)
     for i, ax in enumerate(axes.flat):
         ax.set_xticks([])

@@ -7,14 +7,14 @@ into memory: a training step then costs a tensor index instead of a PNG decode.
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
 from medti.errors import InputError
 
 
-def load_images(paths: Sequence[str | os.PathLike], size: int | None = None) -> np.ndarray:
+def read_manifest_images(paths: Sequence[str | os.PathLike], size: int | None = None) -> np.ndarray:
     """Images as an ``N x size x size x 3`` uint8 array (grey replicated to RGB; resized when ``size``).
 
     Every image must have the same size when ``size`` is None. A missing or unreadable file is an

@@ -7,7 +7,6 @@ de-identified values appear here: ``subject_id`` is a salted hash, never a DICOM
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import pandas as pd
 
 from medti.atomic import atomic_path
 from medti.errors import InputError
+from medti.hashing import file_sha256
 
 COLUMNS = ["path", "modality", "class", "label", "subject_id", "split", "source_checksum", "synthetic"]
 REAL_COLUMNS = COLUMNS + ["ti_subset"]
@@ -55,12 +55,6 @@ def read_manifest(path: str | os.PathLike, absolute: bool = True) -> pd.DataFram
     return df
 
 
-def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def manifest_checksum(path: str | os.PathLike) -> str:

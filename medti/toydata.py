@@ -10,12 +10,12 @@
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from medti.hashing import sha256_hex
 from medti.manifest import write_manifest
 
 
@@ -68,7 +68,7 @@ def _save(img: np.ndarray, path: Path) -> str:
 
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(img).save(path)
-    return hashlib.sha256(img.tobytes()).hexdigest()
+    return sha256_hex(img.tobytes())
 
 
 def write_real_set(root, per_split: dict[str, int] | None = None, classes=("normal", "lesion"), modality: str = "toy",
@@ -88,7 +88,7 @@ def write_real_set(root, per_split: dict[str, int] | None = None, classes=("norm
             rel = f"images/{split}/{i:04d}.png"
             checksum = _save(toy_image(true, rng, size), root / rel)
             rows.append({"path": rel, "modality": modality, "class": classes[label], "label": int(label),
-                         "subject_id": hashlib.sha256(f"{seed}-{split}-{i}".encode()).hexdigest()[:16],
+                         "subject_id": sha256_hex(f"{seed}-{split}-{i}")[:16],
                          "split": split, "source_checksum": checksum, "synthetic": False,
                          "ti_subset": split == "train" and i % n < n // 2})
     path = root / "manifest.csv"

@@ -25,6 +25,11 @@ log = logging.getLogger(__name__)
 DB_NAME = "mlflow.db"
 ARTIFACTS = "mlartifacts"
 _BATCH = 200
+# MLflow 3's experiment type: a model-training experiment, so the UI shows it as "Machine learning" (the runs
+# table, charts, comparison) rather than as a GenAI app (traces, overview). Set on an experiment medti creates and
+# on an existing one that has no kind yet; a kind someone chose is left alone.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
 
 
 def tracking_uri(params: dict | None = None, root: str | os.PathLike | None = None) -> str | None:
@@ -134,9 +139,12 @@ class Tracker:
     def _experiment_id(self, artifact_root: Path | None) -> str:
         exp = retry(self._client.get_experiment_by_name, self.experiment)
         if exp is not None:
+            if EXPERIMENT_KIND_TAG not in exp.tags:
+                retry(self._client.set_experiment_tag, exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
             return exp.experiment_id
         location = artifact_root.resolve().as_uri() if artifact_root is not None else None
-        return retry(self._client.create_experiment, self.experiment, artifact_location=location)
+        return retry(self._client.create_experiment, self.experiment, artifact_location=location,
+                     tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if not self.enabled or self.run_id is None:
@@ -209,7 +217,7 @@ class Tracker:
 
 def input_tags(inputs: dict[str, Path]) -> dict[str, str]:
     """``input.<name>.md5`` tags holding the DVC checksum of each input that exists."""
-    from medti.checksums import dvc_md5
+    from medti.hashing import dvc_md5
 
     return {f"input.{name}.md5": dvc_md5(p) for name, p in inputs.items() if p.exists()}
 

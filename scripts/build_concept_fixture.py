@@ -32,7 +32,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from medti.toydata import SHAPES as CONCEPTS, draw_shapes
+from medti.toydata import SHAPES as CONCEPTS
+from medti.toydata import draw_shapes
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "tests" / "fixtures" / "concept_model"

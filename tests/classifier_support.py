@@ -43,7 +43,7 @@ class ToyExperiment:
 
 def _train_embeddings(real: Path, root: Path) -> dict[str, str]:
     """A few real TI steps per class on the tiny model; returns each class's embedding checksum."""
-    from medti.classifier_data import read_rows
+    from medti.classifier import read_rows
     from medti.textual_inversion import TrainSettings, train_embedding
 
     rows = read_rows(real, MODALITY)
@@ -53,7 +53,8 @@ def _train_embeddings(real: Path, root: Path) -> dict[str, str]:
         settings = TrainSettings(token=f"<{MODALITY}-{c}>", init_words="round blob", steps=4, batch_size=2,
                                  warmup_steps=0, log_every=2, checkpoint_every=0, validation_images=2,
                                  validation_steps=2, device="cpu")
-        result = train_embedding(paths, settings, base_model="tiny", output=root / "embeddings" / MODALITY / f"{c}.safetensors",
+        result = train_embedding(paths, settings, base_model="tiny",
+                                 output=root / "embeddings" / MODALITY / f"{c}.safetensors",
                                  report_dir=root / "results" / "train_embedding" / MODALITY / c, modality=MODALITY,
                                  class_name=c)
         checksums[c] = result.embedding.checksum()
@@ -106,7 +107,8 @@ def toy_params(root: Path) -> Path:
         "seed": 3,
         "base_model": {"id": "tiny"},
         "tracking": {"enabled": False},
-        "modalities": {MODALITY: {"source": {"type": "folder", "path": "data/raw/toy"}, "templates": ["a toy image of {}"]}},
+        "modalities": {MODALITY: {"source": {"type": "folder", "path": "data/raw/toy"},
+                                  "templates": ["a toy image of {}"]}},
         "classes": {f"{MODALITY}-{c}": {"modality": MODALITY, "class": c} for c in CLASSES},
         "classifier": {"arch": "resnet10", "width": 0.25, "size": 32, "steps": 30, "eval_every": 10, "batch_size": 16,
                        "device": "cpu", "seeds": list(SEEDS),

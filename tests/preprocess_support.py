@@ -64,7 +64,7 @@ def image(out: Path, rel: str) -> np.ndarray:
 
 def images_by_source(out: Path, folder: Path) -> dict[str, list[np.ndarray]]:
     """Output images keyed by the name of the source file they came from (matched by source checksum)."""
-    from medti.manifest import file_sha256
+    from medti.hashing import file_sha256
 
     by_checksum: dict[str, list[str]] = {}
     for row in manifest(out).itertuples():

@@ -8,12 +8,12 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-
 from classifier_support import fast_settings, one_line_error, toy_params
+
 from medti.classifier import load_classifier, train_classifier
 from medti.cli import main
 from medti.errors import ConfigError, InputError
-from medti.stats import auc
+from medti.evaluate.statistics import auc
 from medti.toydata import write_real_set, write_synthetic_set
 
 
@@ -64,11 +64,11 @@ def test_outputs_model_selection_and_real_test_only(toy, mixed_run):
     best = history.sort_values(["val_auc", "val_loss"], ascending=[False, True]).iloc[0]
     assert metrics["best_step"] == best["step"] and metrics["best_val_auc"] == pytest.approx(best["val_auc"], abs=1e-5)
     # ... and model.pt holds them: reloaded, it gives the written test predictions.
-    from medti.cnn import predict
-    from medti.imageset import load_images, to_tensor
+    from medti.classifier.networks import predict
+    from medti.imageset import read_manifest_images, to_tensor
 
     net, spec = load_classifier(out)
-    images = to_tensor(load_images([str(real.parent / p) for p in pred["id"]], size=spec.size))
+    images = to_tensor(read_manifest_images([str(real.parent / p) for p in pred["id"]], size=spec.size))
     np.testing.assert_allclose(predict(net, images).numpy(), probs, atol=1e-5)
 
 
@@ -83,15 +83,86 @@ def test_multiclass(tmp_path):
     assert confusion.shape == (3, 3) and confusion.to_numpy().sum() == 24
 
 
-def test_pipeline_form_reads_the_condition_from_params(toy, tmp_path):
-    _, real, synthetic = toy
+def test_pipeline_form_reads_the_condition_and_paths_from_params(tmp_path):
+    """--params --modality --condition --seed: counts, settings, input and output from params.yaml."""
     params = toy_params(tmp_path)
-    out = tmp_path / "results" / "real" / "seed1"
-    rc = main(["train-classifier", "--params", str(params), "--modality", "toy", "--condition",
-               "real", "--seed", "1", "--real", str(real), "--synthetic", str(synthetic), "--out", str(out), "-q"])
+    write_real_set(tmp_path / "data" / "prepared" / "toy", size=32, seed=0)  # <prepare.out>/<modality>/
+    rc = main(["train-classifier", "--params", str(params), "--modality", "toy", "--condition", "real", "--seed", "1",
+               "-q"])
     assert rc == 0
+    out = tmp_path / "results" / "classifier" / "toy" / "real" / "seed1"  # <classifier.out>/<modality>/<K>/seed<S>
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["n_synthetic"] == 0 and metrics["n_real"] == 48 and metrics["steps"] == 30 and metrics["seed"] == 1
+
+
+def _captured_settings(monkeypatch, argv: list[str]) -> dict:
+    """What ``medti train-classifier argv`` hands to train_classifier (nothing is trained)."""
+    import medti.classifier.training as training
+
+    seen = {}
+
+    def capture(real_manifest, out, **kw):
+        seen.update(kw, real_manifest=str(real_manifest), out=str(out))
+
+    monkeypatch.setattr(training, "train_classifier", capture)
+    assert main(argv) == 0
+    return seen
+
+
+def test_standalone_and_pipeline_forms_give_the_same_settings(tmp_path, monkeypatch):
+    import yaml
+
+    from medti.classifier import ClassifierSettings
+
+    params_path = toy_params(tmp_path)
+    params = yaml.safe_load(params_path.read_text())
+    values = {"arch": "resnet34", "width": 0.5, "pretrained": False, "size": 48, "steps": 7, "lr": 3e-4,
+              "batch_size": 5, "eval_every": 3, "checkpoint_every": 0, "augment": False, "device": "cpu"}
+    params["classifier"].update(values)
+    params_path.write_text(yaml.safe_dump(params, sort_keys=False))
+    pipeline = _captured_settings(monkeypatch, ["train-classifier", "--params", str(params_path), "--modality", "toy",
+                                                "--condition", "real_synthetic", "--seed", "2"])
+    flags = []
+    for key, value in values.items():
+        flag = "--" + key.replace("_", "-")
+        flags += [flag if value else f"--no-{flag[2:]}"] if isinstance(value, bool) else [flag, str(value)]
+    standalone = _captured_settings(monkeypatch, ["train-classifier", "--real", "r.csv", "--synthetic", "s.csv",
+                                                  "--out", "o", "--seed", "2", *flags])
+    assert pipeline["settings"] == standalone["settings"] == ClassifierSettings(**values)
+    assert (pipeline["real_count"], pipeline["synthetic_count"]) == (standalone["real_count"],
+                                                                     standalone["synthetic_count"]) == (None, None)
+    assert pipeline["seed"] == standalone["seed"] == 2
+    # the pipeline's paths are params.yaml's
+    assert pipeline["real_manifest"] == str(tmp_path / "data" / "prepared" / "toy" / "manifest.csv")
+    assert str(pipeline["synthetic_manifest"]) == str(tmp_path / "data" / "synthetic" / "toy" / "manifest.csv")
+    assert pipeline["out"] == str(tmp_path / "results" / "classifier" / "toy" / "real_synthetic" / "seed2")
+    # a flag wins over params.yaml in pipeline mode
+    again = _captured_settings(monkeypatch, ["train-classifier", "--params", str(params_path), "--modality", "toy",
+                                             "--condition", "real", "--steps", "11", "--out", str(tmp_path / "x")])
+    assert again["settings"].steps == 11 and again["settings"].arch == "resnet34"
+    assert again["out"] == str(tmp_path / "x")
+
+
+def test_command_line_mistakes_are_one_clear_line(tmp_path, capsys):
+    params = str(toy_params(tmp_path))
+    err = one_line_error(capsys, ["train-classifier", "--real", "r.csv", "--out", "o", "--condition", "real"])
+    assert "--condition needs pipeline mode" in err
+    err = one_line_error(capsys, ["train-classifier", "--params", params, "--modality", "toy"])
+    assert "pipeline mode needs --condition" in err and "real_synthetic" in err
+    err = one_line_error(capsys, ["train-classifier", "--params", params, "--modality", "toy", "--condition", "real",
+                                  "--real-count", "3"])
+    assert "--real-count: standalone only" in err
+    err = one_line_error(capsys, ["train-classifier", "--params", params, "--condition", "real"])
+    assert "--params needs --modality" in err
+    err = one_line_error(capsys, ["train-classifier", "--out", "o"])
+    assert "standalone needs --real" in err
+    # bounds are the schema's, named by their flag
+    err = one_line_error(capsys, ["train-classifier", "--real", "r.csv", "--out", "o", "--steps", "0"])
+    assert "--steps" in err and "minimum" in err
+    err = one_line_error(capsys, ["train-classifier", "--real", "r.csv", "--out", "o", "--arch", "vgg"])
+    assert "--arch" in err and "'vgg'" in err
+    err = one_line_error(capsys, ["train-classifier", "--real", "r.csv", "--out", "o", "--size", "16"])
+    assert "--size" in err
 
 
 def test_bad_input_is_one_clear_line(toy, tmp_path, capsys):
@@ -117,7 +188,7 @@ def test_bad_input_is_one_clear_line(toy, tmp_path, capsys):
     with pytest.raises(ConfigError, match="no training images"):
         train_classifier(real, tmp_path / "d", settings=fast_settings(), real_count=0, synthetic_count=0)
     with pytest.raises(ConfigError, match="no condition 'nope'"):
-        from medti.classifier_data import condition_counts
+        from medti.classifier.data import condition_counts
 
         condition_counts({"classifier": {"conditions": {"real": {"real": "all", "synthetic": 0}}}}, "nope")
     with pytest.raises(InputError, match="manifest not found"):
@@ -129,12 +200,12 @@ def test_bad_input_is_one_clear_line(toy, tmp_path, capsys):
 
 KILLED_CHILD = """
 import sys, time
-import medti.classifier as clf
-augment = clf._augment
+import medti.classifier.training as clf
+augment = clf.augment
 def slow(x, generator):  # slowed down, so that the kill lands between checkpoints
     time.sleep(0.2)
     return augment(x, generator)
-clf._augment = slow
+clf.augment = slow
 sys.path.insert(0, {tests!r})
 from classifier_support import fast_settings
 clf.train_classifier({real!r}, {out!r}, settings=fast_settings(steps=40, checkpoint_every=25), seed=3,

@@ -3,6 +3,7 @@ would run code are refused before anything in them runs."""
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import subprocess
@@ -26,7 +27,7 @@ def test_diffusers_loads_medti_file_as_it_is_and_encodes_like_medti(tiny_model_d
     same text-encoder output for a prompt as medti's own splicing."""
     from diffusers import StableDiffusionPipeline
 
-    from medti.generate.loading import install_embeddings
+    from medti.generate.embedding_install import install_embeddings
     from medti.models import load_base_model
     from medti.models.token_embedding import expand_prompt, placeholder_tokens
 
@@ -97,7 +98,7 @@ def test_a1111_file_has_the_web_ui_layout(tmp_path):
 
 
 def test_an_a1111_file_named_after_a_known_word_asks_for_another_token(tmp_path, tiny_model_dir):
-    from medti.generate.loading import install_embeddings
+    from medti.generate.embedding_install import install_embeddings
     from medti.models import load_base_model
 
     model = load_base_model(str(tiny_model_dir))
@@ -165,10 +166,39 @@ def test_malicious_pickle_through_the_cli_is_refused(tmp_path):
     path = tmp_path / "evil.pt"
     _zip_pickle(_RunsCode(marker), path)
     proc = subprocess.run([sys.executable, "-m", "medti.cli", "embedding", "convert", str(path),
-                           str(tmp_path / "out.safetensors")], capture_output=True, text=True)
+                           "--out", str(tmp_path / "out.safetensors")], capture_output=True, text=True)
     assert proc.returncode != 0
     assert "refused" in proc.stderr
     assert not marker.exists() and not (tmp_path / "out.safetensors").exists()
+
+
+def test_the_commands_convert_and_describe_files(tmp_path, capsys):
+    from medti.cli import main
+
+    emb = _embedding()
+    src = save_embedding(emb, tmp_path / "lesion.safetensors")
+    assert main(["embedding", "convert", str(src), "--out", str(tmp_path / "web.pt")]) == 0  # a1111 by its suffix
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["format"] == "a1111" and printed["checksum"] == emb.checksum()
+    again = load_embedding(tmp_path / "web.pt")  # A1111: the token is the file's name
+    assert again.token == "web" and torch.equal(again.vectors, emb.vectors)
+    assert main(["embedding", "convert", str(src), "--out", str(tmp_path / "k.safetensors"), "--format", "kohya",
+                 "--token", "<spot>"]) == 0
+    capsys.readouterr()
+    assert main(["embedding", "info", str(tmp_path / "k.safetensors")]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["token"] == "<spot>" and info["metadata"]["source_format"] == "kohya" and info["num_vectors"] == 3
+    assert main(["embedding", "convert", str(src), "--out", str(tmp_path / "x.pt"), "--format", "onnx"]) == 2
+    assert "unknown embedding format" in capsys.readouterr().err and not (tmp_path / "x.pt").exists()
+    with pytest.raises(SystemExit):  # the output is --out, as in every command
+        main(["embedding", "convert", str(src), str(tmp_path / "y.pt")])
+
+
+def test_embedding_help_loads_no_torch():
+    code = ("import sys\nfrom medti.cli import main\ntry:\n    main(['embedding', 'convert', '--help'])\n"
+            "except SystemExit:\n    pass\nprint('torch' in sys.modules, 'safetensors' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "--out OUT" in proc.stdout and proc.stdout.splitlines()[-1] == "False False"
 
 
 def test_64_vectors_of_1024_stay_under_300_kb(tmp_path):
@@ -195,7 +225,7 @@ def test_bad_files_give_one_line_errors(tmp_path):
 
 
 def test_an_embedding_of_the_wrong_width_is_refused_by_name(tiny_model_dir, tmp_path):
-    from medti.generate.loading import install_embeddings
+    from medti.generate.embedding_install import install_embeddings
     from medti.models import load_base_model
 
     model = load_base_model(str(tiny_model_dir))

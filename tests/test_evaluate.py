@@ -9,12 +9,12 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-
 from classifier_support import CLASSES, CONDITIONS, MODALITY, SEEDS, build_toy_experiment, one_line_error, toy_params
+
 from medti.cli import main
 from medti.errors import ConfigError, InputError
 from medti.evaluate import EvaluateSettings, evaluate, memorisation_audit, pixel_vectors, unit_rows
-from medti.stats import auc
+from medti.evaluate.statistics import auc
 
 SETTINGS = EvaluateSettings(bootstrap=200, kid_subsets=10, top_k=4)
 
@@ -28,7 +28,8 @@ def toy(tmp_path_factory, tiny_model_dir):
 def evaluated(toy, tmp_path_factory):
     out = tmp_path_factory.mktemp("evaluate") / MODALITY
     evaluate(toy.classifiers, toy.real, out, synthetic_manifest=toy.synthetic, embeddings=toy.embeddings,
-             modality=MODALITY, classes=list(CLASSES), conditions=list(CONDITIONS), seeds=list(SEEDS), settings=SETTINGS)
+             modality=MODALITY, classes=list(CLASSES), conditions=list(CONDITIONS), seeds=list(SEEDS),
+             settings=SETTINGS)
     return out
 
 
@@ -140,16 +141,75 @@ def test_tracks_metrics_and_figures_in_mlflow(toy, tmp_path, tracking_env):
     assert {"roc.png", "confusion.png", "metrics.json", "memorisation_pairs.png"} <= artifacts
 
 
+def _pipeline_params(toy, tmp_path, **sections):
+    """The toy params.yaml in ``tmp_path``, its data paths pointing into the shared toy experiment."""
+    import yaml
+
+    path = toy_params(tmp_path)
+    params = yaml.safe_load(path.read_text())
+    root = toy.root
+    params["prepare"] = {"out": str(root / "data" / "prepared")}
+    params["generate"] = {"out": str(root / "data" / "synthetic")}
+    params["train_embedding"] = {"out": str(root / "embeddings")}
+    params["classifier"]["out"] = str(root / "results" / "classifier")
+    for name, section in sections.items():
+        params.setdefault(name, {}).update(section)
+    path.write_text(yaml.safe_dump(params, sort_keys=False))  # the classes' order is the labels'
+    return path
+
+
 def test_cli_pipeline_form(toy, tmp_path):
-    params = toy_params(tmp_path)
-    out = tmp_path / "results" / "evaluate" / MODALITY
-    rc = main(["evaluate", "--params", str(params), "--modality", MODALITY, "--classifiers", str(toy.classifiers),
-               "--real", str(toy.real), "--synthetic", str(toy.synthetic), "--embeddings", str(toy.embeddings),
-               "--out", str(out), "-q"])
+    """--params --modality: runs, settings, inputs and outputs from params.yaml (evaluate.out = results/evaluate)."""
+    params = _pipeline_params(toy, tmp_path)
+    rc = main(["evaluate", "--params", str(params), "--modality", MODALITY, "-q"])
     assert rc == 0
-    details = json.loads((out / "evaluate.json").read_text())
+    evaluated = tmp_path / "results" / "evaluate"
+    details = json.loads((evaluated / MODALITY / "evaluate.json").read_text())
     assert details["settings"]["bootstrap"] == 200 and details["settings"]["seed"] == 3  # from params.yaml
     assert list(details["conditions"]) == list(CONDITIONS)
+    assert details["inputs"]["real_manifest"] == str(toy.real) and set(details["embeddings"]) == set(CLASSES)
+    # metrics.json and roc.csv beside the folder, where DVC declares them
+    assert (evaluated / f"{MODALITY}.metrics.json").is_file() and (evaluated / f"{MODALITY}.roc.csv").is_file()
+    assert not (evaluated / MODALITY / "metrics.json").exists()
+
+
+def _captured(monkeypatch, argv: list[str]) -> dict:
+    """What ``medti evaluate argv`` hands to evaluate() (nothing is evaluated)."""
+    import medti.evaluate.experiment as experiment
+
+    seen = {}
+
+    def capture(classifiers, real_manifest, out, **kw):
+        seen.update(kw, classifiers=str(classifiers), real_manifest=str(real_manifest), out=str(out))
+
+    monkeypatch.setattr(experiment, "evaluate", capture)
+    assert main(argv) == 0
+    return seen
+
+
+def test_standalone_and_pipeline_forms_give_the_same_settings(toy, tmp_path, monkeypatch):
+    values = {"reference": "real_synthetic", "bootstrap": 321, "confidence": 0.9, "min_test_per_class": 3,
+              "quality": {"inception": "off", "max_images": 40, "kid_subsets": 7, "kid_subset_size": 20},
+              "memorisation": {"threshold": 0.8, "size": 24, "top_k": 3}}
+    params = _pipeline_params(toy, tmp_path, evaluate=values)
+    pipeline = _captured(monkeypatch, ["evaluate", "--params", str(params), "--modality", MODALITY,
+                                       "--conditions", "real,real_synthetic", "--seeds", "0,1"])
+    flags = ["--reference", "real_synthetic", "--bootstrap", "321", "--confidence", "0.9", "--min-test-per-class", "3",
+             "--inception", "off", "--max-images", "40", "--kid-subsets", "7", "--kid-subset-size", "20",
+             "--threshold", "0.8", "--memorisation-size", "24", "--top-k", "3", "--seed", "3"]
+    standalone = _captured(monkeypatch, ["evaluate", "--classifiers", "c", "--real", "r.csv", "--out", "o",
+                                         "--conditions", "real,real_synthetic", "--seeds", "0,1", *flags])
+    assert pipeline["settings"] == standalone["settings"]
+    assert pipeline["settings"].memorisation_size == 24 and pipeline["settings"].seed == 3
+    assert pipeline["conditions"] == standalone["conditions"] == ["real", "real_synthetic"]
+    assert pipeline["seeds"] == standalone["seeds"] == [0, 1]
+    # the pipeline's paths are params.yaml's; a flag wins over params.yaml
+    assert pipeline["classifiers"] == str(toy.classifiers) and pipeline["real_manifest"] == str(toy.real)
+    assert str(pipeline["metrics_file"]) == str(tmp_path / "results" / "evaluate" / f"{MODALITY}.metrics.json")
+    again = _captured(monkeypatch, ["evaluate", "--params", str(params), "--modality", MODALITY, "--bootstrap", "500",
+                                    "--out", str(tmp_path / "x")])
+    assert again["settings"].bootstrap == 500 and again["settings"].top_k == 3 and again["out"] == str(tmp_path / "x")
+    assert again["conditions"] == list(CONDITIONS) and again["seeds"] == list(SEEDS)  # params.yaml's runs
 
 
 def test_bad_input_is_one_clear_line(toy, tmp_path, capsys):
@@ -179,8 +239,9 @@ def test_bad_input_is_one_clear_line(toy, tmp_path, capsys):
                                           str(tmp_path / "c")])
     assert "relabelled.csv" in err and "differs from the real data's" in err
     # Predictions that are not of this test split (the classifiers were trained on other data).
-    moved = variant("moved.csv", manifest.assign(split=np.where(manifest["split"] == "val", "test",
-                                                                np.where(manifest["split"] == "test", "val", manifest["split"]))))
+    swapped = np.where(manifest["split"] == "val", "test", np.where(manifest["split"] == "test", "val",
+                                                                    manifest["split"]))
+    moved = variant("moved.csv", manifest.assign(split=swapped))
     err = one_line_error(capsys, base + ["--real", moved, "--out", str(tmp_path / "d")])
     assert "predictions.csv" in err and "retrain the classifiers" in err
     # A run the pipeline expects is missing; a reference condition with no runs.
@@ -189,6 +250,13 @@ def test_bad_input_is_one_clear_line(toy, tmp_path, capsys):
     err = one_line_error(capsys, base + ["--real", str(toy.real), "--reference", "synthetic", "--out",
                                           str(tmp_path / "f")])
     assert "evaluate.reference: condition 'synthetic' has no classifier runs" in err
+    # Flags outside the schema's bounds, by their name; a standalone run without its inputs.
+    err = one_line_error(capsys, base + ["--real", str(toy.real), "--memorisation-size", "4", "--out", "x"])
+    assert "--memorisation-size: 4 is less than the minimum of 8" in err
+    err = one_line_error(capsys, base + ["--real", str(toy.real), "--inception", "on", "--out", "x"])
+    assert "--inception" in err and "'on'" in err
+    err = one_line_error(capsys, ["evaluate", "--real", str(toy.real)])
+    assert "standalone needs --classifiers, --out" in err
     # An embedding that did not draw the synthetic images.
     with pytest.raises(InputError, match="were not drawn with this embedding"):
         evaluate(toy.classifiers, toy.real, tmp_path / "g", synthetic_manifest=relabelled.with_name("manifest.csv"),
@@ -212,11 +280,13 @@ def _swapped_embeddings(toy, tmp_path):
 def test_multiclass_experiment(tmp_path):
     """Three classes: one-vs-rest AUCs, the paired bootstrap (DeLong is binary only), ROC on a grid."""
     from classifier_support import fast_settings
+
     from medti.classifier import train_classifier
     from medti.toydata import write_real_set, write_synthetic_set
 
     classes = ("none", "one", "two")
-    real = write_real_set(tmp_path / "real", classes=classes, size=32, seed=1, per_split={"train": 12, "val": 6, "test": 6})
+    real = write_real_set(tmp_path / "real", classes=classes, size=32, seed=1,
+                          per_split={"train": 12, "val": 6, "test": 6})
     synthetic = write_synthetic_set(tmp_path / "synthetic", classes=classes, n_per_class=6, size=32)
     for condition, (real_count, synthetic_count) in {"real": (None, 0), "synthetic": (0, None)}.items():
         train_classifier(real, tmp_path / "clf" / condition / "seed0", settings=fast_settings(steps=20),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import subprocess
 import sys
 from pathlib import Path
@@ -96,7 +95,6 @@ def test_splice_trains_only_the_new_vectors(tiny_model_dir):
     from medti.models.token_embedding import add_placeholder, expand_prompt, placeholder_tokens
 
     m = load_base_model(str(tiny_model_dir))
-    before = m.text_encoder.get_input_embeddings().weight.clone() if hasattr(m.text_encoder, "get_input_embeddings") else None
     vec = add_placeholder(m.tokenizer, m.text_encoder, "<t>", torch.zeros(3, m.embedding_dim), trainable=True)
     prompt = expand_prompt("a chest x-ray showing <t>", placeholder_tokens(m.text_encoder))
     assert prompt.endswith("<t> <t>_1 <t>_2")
@@ -136,6 +134,7 @@ def test_missing_hub_model_offline_says_what_to_fetch():
 
 
 def test_cli_help_lists_every_stage():
-    out = subprocess.run([sys.executable, "-m", "medti.cli", "--help"], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run([sys.executable, "-m", "medti.cli", "--help"], capture_output=True, text=True,
+                         check=True).stdout
     for stage in ("prepare", "train-embedding", "generate", "train-classifier", "evaluate", "report", "bench"):
         assert stage in out

@@ -16,7 +16,7 @@ from PIL import Image
 from medti.cli import main as medti_main
 from medti.embeddings import Embedding, save_embedding
 from medti.errors import ConfigError, InputError
-from medti.generate.loading import install_embeddings
+from medti.generate.embedding_install import install_embeddings
 from medti.generate.inpaint import MaskSpec, blur_mask, inpaint, make_mask, mask_spec
 from medti.generate.interpolate import combine_rows, sweep_rows
 from medti.generate.sampling import sample
@@ -229,7 +229,8 @@ def test_inpaint_with_an_inpainting_checkpoint(tiny_model_dir, tmp_path, capsys)
     UNet2DConditionModel.from_config(config).save_pretrained(str(checkpoint / "unet"))
     image = _image(tmp_path / "scan.png", mode="RGB")
     rc, err = _cli(capsys, "inpaint", "--base-model", "tiny", "--inpainting-model", checkpoint, "--image", image,
-                   "--box", "8,8,24,24", "--mask-blur", 0, "--prompt", "a lesion", "--steps", 3, "--out", tmp_path / "o")
+                   "--box", "8,8,24,24", "--mask-blur", 0, "--prompt", "a lesion", "--steps", 3,
+                   "--out", tmp_path / "o")
     assert rc == 0, err
     assert "inpainting checkpoint" in (tmp_path / "o" / "inpaint.json").read_text()
     hard = make_mask(mask_spec(box="8,8,24,24"), (32, 32))

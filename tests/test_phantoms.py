@@ -3,15 +3,17 @@ disease signals, and their ingestion (MONOCHROME1/2 mix, prostate sequences stac
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
 import pydicom
 import pytest
+import yaml
 from preprocess_support import image, manifest, rejects, run_prepare
 
 from medti.errors import ConfigError
-from medti.manifest import file_sha256
+from medti.hashing import file_sha256
 from medti.phantoms import DEFAULT_CLASSES, LABEL_KEYS, chest_image, generate_phantoms, histo_patch, prostate_volume
 
 PHI_KEYWORDS = ("PatientName", "PatientID", "PatientBirthDate", "OtherPatientIDs", "AccessionNumber", "StudyDate",
@@ -65,10 +67,77 @@ def test_histopathology_is_colour_in_rgb_and_ybr(phantoms):
 
 
 def test_bad_generator_settings_fail_at_once(tmp_path):
-    with pytest.raises(ConfigError, match="no phantom generator for modality 'ct'"):
+    with pytest.raises(ConfigError, match="no phantom generator for kind 'ct'"):
         generate_phantoms("ct", tmp_path / "x")
-    with pytest.raises(ConfigError, match="subjects_per_class: at least 4"):
+    with pytest.raises(ConfigError, match="phantoms.subjects_per_class: 2 is less than the minimum of 4"):
         generate_phantoms("chest_xray", tmp_path / "x", subjects_per_class=2)
+    assert not (tmp_path / "x").exists()
+
+
+# -- the command ------------------------------------------------------------------------------------------------
+def _project(folder: Path, edit=None) -> Path:
+    """The checkout's params.yaml (changed by ``edit``) in ``folder``; its phantoms.out is relative to it."""
+    params = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
+    if edit:
+        edit(params)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return folder / "params.yaml"
+
+
+def _parse(argv: list[str]):
+    from medti.cli import build_parser
+
+    return build_parser().parse_args(argv)
+
+
+def test_pipeline_mode_writes_the_modality_under_phantoms_out(tmp_path, monkeypatch, capsys):
+    from medti.cli import main
+
+    params = _project(tmp_path / "project")
+    monkeypatch.chdir(tmp_path)
+    assert main(["phantoms", "--params", str(params), "--modality", "histopathology", "--subjects-per-class", "4",
+                 "--seed", "5"]) == 0
+    out = tmp_path / "project" / "data" / "raw" / "phantoms" / "histopathology"
+    assert capsys.readouterr().out.strip() == str(out)
+    rows = (out / "labels.csv").read_text().splitlines()
+    assert rows[0] == "SOPInstanceUID,label" and {r.rsplit(",", 1)[1] for r in rows[1:]} == {"benign", "atypical"}
+    standalone = tmp_path / "standalone"  # the same settings standalone give the same files
+    assert main(["phantoms", "--kind", "histopathology", "--out", str(standalone), "--subjects-per-class", "4",
+                 "--seed", "5"]) == 0
+    assert checksums(standalone) == checksums(out)
+
+
+def test_a_modality_named_otherwise_draws_the_kind_it_names(tmp_path):
+    from medti.phantoms.cli import run
+
+    def add_cxr(params):
+        params["modalities"]["cxr"] = {"source": {"type": "folder", "path": "cxr"}}
+        params["classes"].update({"cxr-clear": {"modality": "cxr", "class": "clear"},
+                                  "cxr-spot": {"modality": "cxr", "class": "spot"}})
+
+    pipeline = ["phantoms", "--params", str(_project(tmp_path, add_cxr)), "--modality", "cxr"]
+    with pytest.raises(ConfigError, match="modality 'cxr' is not a phantom kind"):
+        run(_parse(pipeline))
+    out = tmp_path / "cxr"
+    assert run(_parse([*pipeline, "--kind", "chest_xray", "--out", str(out), "--subjects-per-class", "4"])) == 0
+    labels = (out / "labels.csv").read_text().splitlines()  # the modality's classes, the kind's labels key
+    assert labels[0] == "path,label" and {r.rsplit(",", 1)[1] for r in labels[1:]} == {"clear", "spot"}
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--kind", "chest_xray"], "standalone needs --kind and --out"),
+    (["--out", "x"], "standalone needs --kind and --out"),
+    (["--params", "params.yaml"], "--params needs --modality"),
+    (["--kind", "chest_xray", "--out", "x", "--subjects-per-class", "3"], "--subjects-per-class: 3 is less than"),
+    (["--kind", "chest_xray", "--out", "x", "--workers", "0"], "--workers must be at least 1"),
+])
+def test_bad_command_lines_name_the_flag(tmp_path, monkeypatch, argv, message):
+    from medti.phantoms.cli import run
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        run(_parse(["phantoms", *argv]))
     assert not (tmp_path / "x").exists()
 
 
@@ -107,7 +176,8 @@ def test_atypical_patches_have_crowded_dark_nuclei():
 # -- ingestion of the phantoms -----------------------------------------------------------------------------------
 def test_monochrome1_and_2_radiographs_come_out_alike(tmp_path, phantoms):
     src = phantoms["chest_xray"].out
-    run_prepare(tmp_path, {"type": "dicom", "path": str(src), "labels": {"csv": str(src / "labels.csv"), "key": "path"}},
+    run_prepare(tmp_path, {"type": "dicom", "path": str(src),
+                           "labels": {"csv": str(src / "labels.csv"), "key": "path"}},
                 classes=DEFAULT_CLASSES["chest_xray"], size=64, channels="grey", workers=2)
     out = tmp_path / "out"
     assert rejects(out).empty

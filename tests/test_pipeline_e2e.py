@@ -2,8 +2,9 @@
 copy of this checkout: phantom DICOMs -> embeddings -> synthetic sets -> classifiers -> report.
 
 Also: a second run does nothing; one changed parameter reruns only what depends on it; MLflow gets one
-run per job in one experiment; no DICOM header value reaches any output; embeddings pushed to a DVC remote
-are pulled into a fresh clone that generates from them without the raw data and without retraining.
+run per job in one experiment; no DICOM header value reaches any output; after either runner dvc.lock is current,
+and embeddings pushed to a DVC remote are pulled into a fresh clone that generates from them without the raw data
+and without retraining, through `dvc repro` and through Snakemake.
 The wall-clock time of each run is printed (docs/performance.md records it); it is not asserted.
 """
 
@@ -124,6 +125,7 @@ def test_mlflow_has_one_tagged_run_per_job(snakemake_project):
 
     client = MlflowClient(f"sqlite:///{snakemake_project / 'mlflow.db'}")
     exp = client.get_experiment_by_name("medti")
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"  # the UI opens it on its runs
     runs = client.search_runs([exp.experiment_id], max_results=1000)
     by_stage: dict[str, list] = {}
     for r in runs:
@@ -188,8 +190,6 @@ def dvc_project(tmp_path_factory, pytestconfig):
     run([BIN / "dvc", "repro"], project)
     pytestconfig.medti_timings.append(
         f"default pipeline ({DVC_MODALITY} only) through dvc repro: {time.monotonic() - start:.0f} s")
-    run(["git", "-c", "user.name=t", "-c", "user.email=t@example.org", "add", "-A"], project)
-    run(["git", "-c", "user.name=t", "-c", "user.email=t@example.org", "commit", "-qm", "pipeline run"], project)
     return project
 
 
@@ -211,25 +211,53 @@ def test_dvc_reruns_only_stages_whose_parameters_changed(dvc_project):
     assert not {s for s in changed if s.startswith("train_embedding@") and s != "train_embedding@chest_xray-opacity"}
 
 
-def test_embeddings_shared_through_a_dvc_remote_generate_in_a_fresh_clone(dvc_project, tmp_path):
-    params = yaml.safe_load((dvc_project / "params.yaml").read_text())
-    run([BIN / "dvc", "push"], dvc_project)
-    clone = dvc_project.parent / "colleague"  # beside the project: the default local remote is shared
-    run(["git", "clone", "-q", str(dvc_project), str(clone)], dvc_project.parent)
-    run([BIN / "dvc", "pull", "train_embedding"], clone)
-    assert not (clone / "data" / "raw").exists() and not (clone / "data" / "prepared").exists()
-    for entry in params["classes"].values():
-        assert (clone / "embeddings" / entry["modality"] / f"{entry['class']}.safetensors").is_file()
-    # DVC: generate from the pulled embeddings alone (no raw data, no retraining)
+def git(*args, cwd):
+    return run(["git", "-c", "user.name=t", "-c", "user.email=t@example.org", *args], cwd)
+
+
+@pytest.mark.parametrize("runner", ["dvc", "snakemake"])
+def test_embeddings_shared_through_a_dvc_remote_generate_in_a_fresh_clone(runner, request):
+    """README "Sharing embeddings with DVC" after either runner: dvc.lock is current for what the run made (after
+    Snakemake, its onsuccess handler committed the jobs that ran), `git add dvc.lock && git commit && dvc push`
+    shares the embeddings, and a colleague's fresh clone pulls them and generates from them without the raw data
+    and without retraining, with `dvc repro` and with Snakemake."""
+    project = request.getfixturevalue(f"{runner}_project")
+    status = run([BIN / "dvc", "status"], project).stdout
+    assert "Data and pipelines are up to date" in status, status
+    git("add", "dvc.lock", cwd=project)
+    git("commit", "-qm", f"embeddings ({runner})", cwd=project)
+    run([BIN / "dvc", "push"], project)  # the default remote: a real folder beside the project
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    generated = f"{params['generate']['out']}/{DVC_MODALITY}"
+
+    def fresh_clone(name: str, *stages: str) -> Path:
+        clone = project.parent / name  # beside the project: the default local remote is shared
+        run(["git", "clone", "-q", str(project), str(clone)], project.parent)
+        run([BIN / "dvc", "pull", *stages], clone)
+        for entry in params["classes"].values():
+            assert (clone / "embeddings" / entry["modality"] / f"{entry['class']}.safetensors").is_file()
+        assert not (clone / "data" / "raw").exists()
+        return clone
+
+    # DVC: the embeddings alone (no images at all) and `dvc repro` of one generation stage
+    clone = fresh_clone("colleague", "train_embedding")
+    assert not (clone / params["prepare"]["out"]).exists()
     proc = run([BIN / "dvc", "repro", "--single-item", f"generate@{DVC_MODALITY}"], clone)
     assert "train_embedding" not in proc.stdout
-    assert (clone / "data" / "synthetic" / DVC_MODALITY / "manifest.csv").is_file()
-    # Snakemake: with the prepared data pulled too and times restored, nothing upstream reruns
+    assert (clone / generated / "manifest.csv").is_file()
+    # ... which Snakemake, once the prepared data are pulled too and the times restored, takes as up to date
     run([BIN / "dvc", "pull", "prepare"], clone)
     run([BIN / "medti", "workflow", "restore-mtimes"], clone)
-    outs = {stage: cfg["out"] for stage, cfg in yaml.safe_load((clone / "params.yaml").read_text()).items()
-            if stage in ("generate", "interpolate")}
-    proc = run([BIN / "snakemake", "-n", "--cores", CORES, f"{outs['generate']}/{DVC_MODALITY}",
-                f"{outs['interpolate']}/{DVC_MODALITY}"], clone)
-    jobs = planned_jobs(proc.stdout + proc.stderr)
-    assert jobs == {"interpolate": 1}, jobs  # the synthetic set DVC made above is up to date for Snakemake too
+    interpolated = f"{params['interpolate']['out']}/{DVC_MODALITY}"
+    proc = run([BIN / "snakemake", "-n", "--cores", CORES, generated, interpolated], clone)
+    assert planned_jobs(proc.stdout + proc.stderr) == {"interpolate": 1}, proc.stdout + proc.stderr
+    # Snakemake: with the prepared data too (Snakemake would remake a missing input it has a rule for) and the
+    # times restored, it plans the generation alone, runs it, and records it in dvc.lock
+    clone = fresh_clone("colleague-snakemake", "train_embedding", "prepare")
+    run([BIN / "medti", "workflow", "restore-mtimes"], clone)
+    proc = run([BIN / "snakemake", "-n", "--cores", CORES, generated], clone)
+    assert planned_jobs(proc.stdout + proc.stderr) == {"generate": 1}, proc.stdout + proc.stderr
+    run([BIN / "snakemake", "--cores", CORES, generated], clone)
+    assert (clone / generated / "manifest.csv").is_file()
+    status = run([BIN / "dvc", "status", f"generate@{DVC_MODALITY}"], clone).stdout
+    assert "up to date" in status, status

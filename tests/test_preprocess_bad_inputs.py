@@ -134,7 +134,8 @@ def test_wrong_channel_counts_in_volumes_and_images(tmp_path):
 # -- configuration problems: at once, before any input is read ----------------------------------------------------
 @pytest.mark.parametrize("change,error,fragment", [
     ({"labels": {"csv": "nowhere.csv", "key": "path"}}, ConfigError, "nowhere.csv: labels file not found"),
-    ({"labels": {"csv": "labels.csv", "key": "StudyInstanceUID"}}, ConfigError, "labels.csv: no column 'StudyInstanceUID'"),
+    ({"labels": {"csv": "labels.csv", "key": "StudyInstanceUID"}}, ConfigError,
+     "labels.csv: no column 'StudyInstanceUID'"),
     ({"labels": {"csv": "labels.csv", "key": "case"}}, ConfigError, "'case' cannot name an image of this source"),
     ({"labels": {"csv": "labels.csv"}}, ConfigError, "source.labels.key: required with labels.csv"),
     ({"labels": None}, ConfigError, "a DICOM source needs labels.csv (with key) or labels.tag"),

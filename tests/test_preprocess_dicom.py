@@ -7,11 +7,20 @@ from __future__ import annotations
 import numpy as np
 import pydicom
 import pytest
-from preprocess_support import (context, copy_pydicom_files, dicom_units, image, images_by_source, manifest,
-                                pydicom_file, rejects, run_prepare, write_labels)
+from preprocess_support import (
+    context,
+    copy_pydicom_files,
+    dicom_units,
+    image,
+    images_by_source,
+    manifest,
+    pydicom_file,
+    rejects,
+    run_prepare,
+    write_labels,
+)
 
 from medti.errors import InputError
-from medti.preprocess import dicom
 from medti.preprocess.records import Rejected
 
 
@@ -204,7 +213,7 @@ def test_the_four_encodings_of_one_patient_share_subject_and_split(mixed):
     mr = ["MR_small.dcm", "MR_small_RLE.dcm", "MR_small_jpeg_ls_lossless.dcm", "MR_small_bigendian.dcm"]
     for name in mr[1:]:
         np.testing.assert_array_equal(images[name][0], images["MR_small.dcm"][0])
-    from medti.manifest import file_sha256
+    from medti.hashing import file_sha256
 
     rows = table[table.source_checksum.isin([file_sha256(src / n) for n in mr])]
     assert len(rows) == 4 and rows.subject_id.nunique() == 1 and rows.split.nunique() == 1
@@ -219,7 +228,7 @@ def test_labels_by_uid_patient_id_or_tag(tmp_path, key):
     headers = {n: pydicom.dcmread(src / n, stop_before_pixels=True) for n in names}
     want = {n: SUBJECT_CLASS[str(h.PatientID)] for n, h in headers.items()}
     if key == "tag":  # the label in an attribute of each file (here: written into PatientComments)
-        for n, h in headers.items():
+        for n, _h in headers.items():
             ds = pydicom.dcmread(src / n)
             ds.PatientComments = {"a": "healthy", "b": "sick"}[want[n]]
             ds.save_as(src / n)
@@ -230,7 +239,7 @@ def test_labels_by_uid_patient_id_or_tag(tmp_path, key):
     run_prepare(tmp_path, {"type": "dicom", "path": str(src), "labels": labels, "subject_from": "file"})
     images = images_by_source(tmp_path / "out", src)
     table = manifest(tmp_path / "out")
-    from medti.manifest import file_sha256
+    from medti.hashing import file_sha256
 
     got = {n: table[table.source_checksum == file_sha256(src / n)]["class"].tolist() for n in names}
     assert got == {n: [want[n]] for n in names}

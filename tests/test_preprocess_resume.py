@@ -13,10 +13,10 @@ import time
 from pathlib import Path
 
 import pytest
+from preprocess_support import run_prepare
 
 from medti.preprocess.dicom import DicomSource
 from medti.preprocess.resume import resume_folder
-from preprocess_support import run_prepare
 
 CLASSES = ("normal", "opacity")
 PROCESS = DicomSource.process

@@ -213,7 +213,8 @@ def test_a_labels_csv_names_images_and_both_kinds_of_orphans_are_listed(tmp_path
     assert image(out, table.path[0]).shape == (20, 20, 3)
     listed = rejects(out).set_index("path")
     assert listed.loc["unlabelled.png", "kind"] == "no_label"
-    assert listed.loc["labels.csv:9", "kind"] == "label_without_image" and "gone.png" in listed.loc["labels.csv:9", "reason"]
+    assert (listed.loc["labels.csv:9", "kind"] == "label_without_image"
+            and "gone.png" in listed.loc["labels.csv:9", "reason"])
     assert "labels.csv" not in listed.index  # the labels file inside the folder is not an input
 
 
@@ -284,7 +285,8 @@ def test_a_missing_medmnist_file_says_where_to_get_it(tmp_path):
 
     if importlib.util.find_spec("medmnist") is None:  # with it installed, this would download
         with pytest.raises(ConfigError, match="the optional 'medmnist' package is not installed"):
-            run_prepare(tmp_path, {"type": "medmnist", "path": str(tmp_path), "dataset": "dermamnist", "download": True})
+            run_prepare(tmp_path, {"type": "medmnist", "path": str(tmp_path), "dataset": "dermamnist",
+                                   "download": True})
 
 
 def test_a_nifti_simpleitk_refuses_is_read_with_nibabel(tmp_path):

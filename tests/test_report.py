@@ -8,8 +8,8 @@ import re
 
 import pytest
 import yaml
+from classifier_support import CLASSES, CONDITIONS, MODALITY, build_toy_experiment, one_line_error, toy_params
 
-from classifier_support import CLASSES, CONDITIONS, MODALITY, build_toy_experiment, toy_params
 from medti.cli import main
 from medti.errors import InputError
 from medti.evaluate import EvaluateSettings, evaluate
@@ -29,12 +29,9 @@ def reported(toy, tmp_path_factory):
     evaluate(toy.classifiers, toy.real, project / "results" / "evaluate" / MODALITY, synthetic_manifest=toy.synthetic,
              embeddings=toy.embeddings, modality=MODALITY, classes=list(CLASSES),
              settings=EvaluateSettings(bootstrap=200, kid_subsets=10, top_k=4))
-    out = project / "results" / "report"
-    rc = main(["report", "--params", str(params), "--evaluate", str(project / "results" / "evaluate"),
-               "--prepared", str(project / "data" / "prepared"), "--synthetic", str(project / "data" / "synthetic"),
-               "--train-reports", str(toy.train_reports), "--out", str(out), "-q"])
+    rc = main(["report", "--params", str(params), "-q"])  # every input and the output: params.yaml's paths
     assert rc == 0
-    return out
+    return project / "results" / "report"
 
 
 def test_html_is_self_contained(reported):
@@ -72,7 +69,7 @@ def test_report_content(reported, toy):
     details = json.loads((toy.root / "results" / "evaluate" / MODALITY / "evaluate.json").read_text())
     for c in CLASSES:
         assert details["embeddings"][c]["md5"] in html and details["embeddings"][c]["checksum"] in html
-    from medti.checksums import dvc_md5
+    from medti.hashing import dvc_md5
 
     assert dvc_md5(toy.real.parent) in html and dvc_md5(toy.synthetic.parent) in html
 
@@ -120,3 +117,7 @@ def test_missing_evaluation_is_one_clear_line(toy, tmp_path, capsys):
     assert not (tmp_path / "report").exists()
     with pytest.raises(InputError, match="no evaluated modalities"):
         build_report(tmp_path / "nothing", toy.root / "data" / "prepared", tmp_path / "r2")
+    err = one_line_error(capsys, ["report", "--evaluate", str(toy.root / "results" / "evaluate")])
+    assert "standalone needs --prepared, --out" in err
+    err = one_line_error(capsys, ["report", "--params", str(path), "--samples-per-class", "0"])
+    assert "--samples-per-class: 0 is less than the minimum of 1" in err

@@ -1,4 +1,5 @@
-"""AUC statistics (medti.stats) and image-quality distances (medti.quality) against known values."""
+"""AUC statistics (medti.evaluate.statistics) and image-quality distances (medti.evaluate.quality) against known
+values."""
 
 from __future__ import annotations
 
@@ -6,10 +7,12 @@ import math
 
 import numpy as np
 import pytest
-from sklearn.metrics import roc_auc_score, roc_curve as sk_roc_curve
+from sklearn.metrics import roc_auc_score
+from sklearn.metrics import roc_curve as sk_roc_curve
 
-from medti import quality, stats
 from medti.errors import InputError
+from medti.evaluate import quality
+from medti.evaluate import statistics as stats
 
 
 def binormal(n_per_class: int, separation: float, rng) -> tuple[np.ndarray, np.ndarray]:

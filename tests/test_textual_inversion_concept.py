@@ -91,7 +91,7 @@ def recovery(embedding, held_out) -> dict:
     import torch.nn.functional as F
 
     from medti.embeddings import Embedding
-    from medti.generate.loading import install_embeddings
+    from medti.generate.embedding_install import install_embeddings
     from medti.generate.sampling import sample
     from medti.models.token_embedding import expand_prompt, placeholder_tokens
     from medti.textual_inversion.text import initial_vectors

@@ -1,4 +1,5 @@
-"""MLflow tracking against a real SQLite store: parallel jobs, tags, input checksums, turning it off."""
+"""MLflow tracking against a real SQLite store: parallel jobs, tags, input checksums, the experiment's kind,
+turning it off."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from medti.tracking import Tracker, tracking_uri
+from medti.tracking import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, Tracker, tracking_uri
 
 WORKER = textwrap.dedent("""
     import sys
@@ -100,3 +101,38 @@ def test_input_checksums_are_the_ones_dvc_records(tracking_env, tmp_path):
     tags = MlflowClient(tracking_env).get_run(t.run_id).data.tags
     assert tags["input.data.md5"] == recorded["data"]
     assert tags["input.manifest.md5"] == recorded["manifest.csv"]
+
+
+def test_the_experiment_is_a_model_training_experiment(tracking_env):
+    """MLflow 3 opens an experiment by its kind: a model-training one on the runs table, a GenAI one on traces."""
+    from mlflow.tracking import MlflowClient
+
+    assert (EXPERIMENT_KIND_TAG, EXPERIMENT_KIND) == ("mlflow.experimentKind", "custom_model_development")
+    client = MlflowClient(tracking_env)
+    with Tracker({"tracking": {"experiment": "new"}}, "generate"):
+        pass
+    assert client.get_experiment_by_name("new").tags[EXPERIMENT_KIND_TAG] == EXPERIMENT_KIND
+    # an experiment made before (by an older medti, or by hand) without a kind gets it; a kind chosen is kept
+    older = client.create_experiment("older")
+    chosen = client.create_experiment("chosen", tags={EXPERIMENT_KIND_TAG: "genai_development"})
+    for name in ("older", "chosen"):
+        with Tracker({"tracking": {"experiment": name}}, "generate") as t:
+            pass
+        assert client.get_run(t.run_id).info.experiment_id == (older if name == "older" else chosen)
+    assert client.get_experiment(older).tags[EXPERIMENT_KIND_TAG] == EXPERIMENT_KIND
+    assert client.get_experiment(chosen).tags[EXPERIMENT_KIND_TAG] == "genai_development"
+
+
+def test_the_installed_mlflow_ui_knows_the_experiment_kind_and_the_link_parameters():
+    """The kind and the README's link (`#/experiments/<id>/runs?workflowType=machine_learning&compareRunsMode=
+    CHART`) are the UI's own words: a new MLflow that renamed them fails here rather than in a user's browser."""
+    import mlflow
+
+    js = Path(mlflow.__file__).parent / "server" / "js" / "build" / "static" / "js"
+    if not js.is_dir():
+        pytest.skip("this MLflow has no UI build (mlflow-skinny)")
+    bundle = "\n".join(p.read_text(errors="replace") for p in js.glob("*.js"))
+    for word in (EXPERIMENT_KIND_TAG, f'"{EXPERIMENT_KIND}"', '"machine_learning"', '"workflowType"',
+                 '"compareRunsMode"', '"CHART"', 'Runs="runs"'):
+        assert word in bundle, word
+

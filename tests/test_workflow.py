@@ -1,12 +1,15 @@
-"""The orchestration layer without running jobs: the Snakemake plan, its agreement with dvc.yaml, the
-parameter checks, the lint, and the SLURM profile."""
+"""The orchestration layer, running few or no pipeline jobs: the Snakemake plan, its agreement with dvc.yaml, the
+parameter checks, the lint, the rules' log files, the GPU resources of the rules and both cluster profiles, and
+dvc.lock after a Snakemake run (tests/test_pipeline_e2e.py shares a Snakemake run's outputs through DVC)."""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -18,8 +21,36 @@ ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
 
-def snakemake(*args, cwd=ROOT, check=False):
-    return subprocess.run([str(BIN / "snakemake"), *args], cwd=cwd, capture_output=True, text=True, check=check)
+# The rules whose jobs use a GPU (base_model.device or classifier.device), as README "Clusters" lists them.
+GPU_RULES = {"train_embedding", "generate", "interpolate", "train_classifier"}
+PROFILES = ("slurm", "kubernetes")
+
+
+def snakemake(*args, cwd=ROOT, check=False, env=None):
+    return subprocess.run([str(BIN / "snakemake"), *args], cwd=cwd, capture_output=True, text=True, check=check,
+                          env=env)
+
+
+def planned(*args, cwd=ROOT, env=None) -> list[dict[str, str]]:
+    """The jobs of a forced dry run: for each, its rule and the fields Snakemake prints (log, resources, ...)."""
+    proc = snakemake("--dry-run", "--forceall", "--printshellcmds", "--cores", "1", *args, cwd=cwd, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    jobs, job = [], None
+    for line in (proc.stdout + proc.stderr).splitlines():
+        m = re.match(r"^(?:local)?rule (\w+):$", line.strip())
+        if m:
+            job = {"rule": m.group(1)}
+            jobs.append(job)
+        elif job is not None and line.startswith("Shell command:"):
+            job["shell"] = line.split(":", 1)[1].strip()
+        elif job is not None and re.match(r"^    \w+: ", line):
+            key, value = line.strip().split(": ", 1)
+            job[key] = value
+    return jobs
+
+
+def resources(job: dict[str, str]) -> dict[str, str]:
+    return dict(item.split("=", 1) for item in job.get("resources", "").split(", ") if "=" in item)
 
 
 def project_copy(tmp_path: Path) -> Path:
@@ -98,20 +129,135 @@ def test_lint_reports_nothing():
     assert "Congratulations, your workflow is in a good condition" in proc.stdout + proc.stderr
 
 
+def test_snakefmt_would_change_nothing():
+    """scripts/lint-workflow.sh (run by CI) checks the same; `snakefmt Snakefile workflow/` fixes the format."""
+    if not (BIN / "snakefmt").exists():
+        pytest.skip("snakefmt is not installed (it comes with medti's dev extra)")
+    proc = subprocess.run([str(BIN / "snakefmt"), "--check", "Snakefile", "workflow/"], cwd=ROOT,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_gpu_rules_and_both_cluster_profiles_claim_gpus_alike():
+    """One list of GPU rules: those whose jobs declare the `gpu` resource; each profile gives exactly these one
+    GPU each (SLURM: on its GPU partition; Kubernetes: an NVIDIA one), and no other rule any."""
+    claimed = {job["rule"] for job in planned() if "gpu" in resources(job)}
+    assert claimed == GPU_RULES
+    for name in PROFILES:
+        profile = yaml.safe_load((ROOT / "workflow" / "profiles" / name / "config.yaml").read_text())
+        assert "gpu" not in (profile.get("default-resources") or {}), name
+        given = {rule for rule, res in profile["set-resources"].items() if (res or {}).get("gpu")}
+        assert given == claimed, f"profiles/{name}: GPUs for {sorted(given)}, the rules claim {sorted(claimed)}"
+        for rule in given:
+            res = profile["set-resources"][rule]
+            assert res["gpu"] == 1, (name, rule)
+            if name == "slurm":
+                assert res["slurm_partition"] == "gpu", rule
+            else:
+                assert res["gpu_manufacturer"] == "nvidia", rule
+
+
 def test_slurm_profile_dry_run_asks_for_gpus_for_gpu_jobs():
-    proc = snakemake("--profile", "workflow/profiles/slurm", "-n")
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    out = proc.stdout + proc.stderr
-    blocks = re.split(r"\n(?=\[)", out)
-    gpu_rules = {"train_embedding", "generate", "train_classifier"}
+    jobs = planned("--profile", "workflow/profiles/slurm")
     seen = set()
-    for block in blocks:
-        m = re.search(r"rule (\w+):", block)
-        res = re.search(r"resources: (.*)", block)
-        if m and res and m.group(1) in gpu_rules:
-            assert "gpu=1" in res.group(1) and "slurm_partition=gpu" in res.group(1)
-            seen.add(m.group(1))
-    assert seen == gpu_rules
+    for job in jobs:
+        res = resources(job)
+        if job["rule"] in GPU_RULES:
+            assert res.get("gpu") == "1" and res.get("slurm_partition") == "gpu", job
+            seen.add(job["rule"])
+        elif job["rule"] != "all":
+            assert res.get("gpu", "0") == "0" and res.get("slurm_partition") == "cpu", job
+    assert seen == GPU_RULES
+
+
+def test_gpu_rules_claim_a_gpu_locally_only_where_one_is_and_their_device_is_not_cpu(tmp_path):
+    project = project_copy(tmp_path)
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["classifier"]["device"] = "cpu"
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    (fake_bin / "nvidia-smi").write_text("#!/bin/sh\nexit 0\n")
+    (fake_bin / "nvidia-smi").chmod(0o755)
+    with_gpu = {**os.environ, "PATH": f"{fake_bin}{os.pathsep}{os.environ['PATH']}"}
+    claims = {job["rule"]: resources(job).get("gpu") for job in planned(cwd=project, env=with_gpu)}
+    assert claims["train_embedding"] == claims["generate"] == claims["interpolate"] == "1"
+    assert claims["train_classifier"] == "0"  # classifier.device: cpu
+    without_gpu = {**os.environ, "PATH": os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep)
+                                                         if not (Path(p) / "nvidia-smi").exists())}
+    claims = {job["rule"]: resources(job).get("gpu") for job in planned(cwd=project, env=without_gpu)}
+    assert {claims[rule] for rule in GPU_RULES} == {"0"}  # no GPU here: the jobs run side by side
+
+
+def test_every_rule_sends_its_whole_stderr_to_its_log_file():
+    for job in planned():
+        if job["rule"] == "all":
+            continue
+        log = job["log"]
+        assert job["shell"].endswith(f"--log {log} 2> {log}"), job
+
+
+# Stands in for `medti` in the test below: it sets up medti's logging from --log as every medti command does,
+# logs, triggers a library warning, and fails with an uncaught exception.
+FAILING_MEDTI = """\
+    import logging
+    import sys
+    import warnings
+
+    from medti.logs import setup_logging
+
+    setup_logging(sys.argv[sys.argv.index("--log") + 1])
+    log = logging.getLogger("medti.phantoms")
+    log.info("writing the phantoms")
+    warnings.warn("a library warning on stderr", UserWarning)
+    log.warning("the next step fails")
+    raise RuntimeError("the phantom writer broke")
+"""
+
+
+def test_a_failing_job_leaves_its_error_and_traceback_in_its_log_once(tmp_path):
+    project = project_copy(tmp_path)
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    medti = fake_bin / "medti"
+    medti.write_text(f"#!{sys.executable}\n" + textwrap.dedent(FAILING_MEDTI))
+    medti.chmod(0o755)
+    env = {**os.environ, "PATH": f"{fake_bin}{os.pathsep}{BIN}{os.pathsep}{os.environ['PATH']}"}
+    proc = snakemake("--cores", "1", "data/raw/phantoms/chest_xray", cwd=project, env=env)
+    assert proc.returncode != 0
+    log = (project / "logs" / "phantoms" / "chest_xray.log").read_text()
+    lines = log.splitlines()
+    for expected in ("INFO    medti.phantoms: writing the phantoms", "UserWarning: a library warning on stderr",
+                     "WARNING medti.phantoms: the next step fails", "Traceback (most recent call last):",
+                     "RuntimeError: the phantom writer broke"):
+        assert sum(expected in line for line in lines) == 1, f"{expected!r} should be in the log once:\n{log}"
+    assert lines[-1] == "RuntimeError: the phantom writer broke", log
+    assert re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} INFO ", lines[0]), log  # full timestamps, as --log writes
+
+
+def test_snakemake_records_the_jobs_it_ran_in_dvc_lock_and_fails_loudly_when_it_cannot(tmp_path):
+    project = project_copy(tmp_path)
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["phantoms"]["subjects_per_class"] = 4  # the phantom DICOMs are the cheapest real job
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "MEDTI_TRACKING": "0"}
+    proc = snakemake("--cores", "1", "data/raw/phantoms/chest_xray", cwd=project, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "dvc.lock: recorded the outputs of 1 job(s)" in proc.stderr
+    lock = yaml.safe_load((project / "dvc.lock").read_text())
+    assert set(lock["stages"]) == {"phantoms@chest_xray"}  # what ran, nothing else
+    status = subprocess.run([str(BIN / "dvc"), "status", "phantoms@chest_xray"], cwd=project, capture_output=True,
+                            text=True, check=True).stdout
+    assert "up to date" in status, status
+    # dvc.lock unreadable: the run fails, saying why and what to run; its output stays, and Snakemake has it
+    (project / "dvc.lock").write_text("::: not a lock file\n")
+    proc = snakemake("--cores", "1", "data/raw/phantoms/histopathology", cwd=project, env=env)
+    assert proc.returncode != 0
+    assert "recording their outputs in dvc.lock failed" in proc.stderr
+    assert "dvc commit --force data/raw/phantoms/histopathology" in proc.stderr
+    assert (project / "data" / "raw" / "phantoms" / "histopathology" / "labels.csv").is_file()
+    proc = snakemake("-n", "--cores", "1", "data/raw/phantoms/histopathology", cwd=project, env=env)
+    assert "Nothing to be done" in proc.stdout + proc.stderr
 
 
 def test_dvc_stages_are_parameterised_per_modality_and_class():

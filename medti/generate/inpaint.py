@@ -17,13 +17,24 @@ and ``inpaint.json`` (settings, seeds, checksums; no input path, which may name 
 from __future__ import annotations
 
 import logging
+import os
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from medti.errors import ConfigError, InputError, ModelError
+from medti.hashing import file_sha256
+
+if TYPE_CHECKING:
+    import torch
+
+    from medti.generate.embedding_install import EmbeddingSource
+    from medti.generate.jobs import Runtime
+    from medti.models.loading import BaseModel
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +52,7 @@ class MaskSpec:
 
     def describe(self) -> str:
         if self.kind == "file":
-            return f"file sha256 {_sha256(Path(self.value))[:16]}"
+            return f"file sha256 {file_sha256(Path(self.value))[:16]}"
         return f"{self.kind} {','.join(f'{v:g}' for v in self.value)}"
 
 
@@ -110,7 +121,7 @@ def blur_mask(hard: np.ndarray, radius: float) -> np.ndarray:
     return np.asarray(img, dtype=np.float32) / 255.0
 
 
-def load_image(path):
+def load_image(path: str | os.PathLike) -> tuple[torch.Tensor, bool]:
     """(RGB float tensor [3, H, W] in [0, 1], True when the file is greyscale)."""
     import torch
     from PIL import Image
@@ -126,7 +137,7 @@ def load_image(path):
     return torch.from_numpy(arr).permute(2, 0, 1).contiguous(), grey
 
 
-def resize(image, hard: np.ndarray, resolution: int):
+def resize(image: torch.Tensor, hard: np.ndarray, resolution: int) -> tuple[torch.Tensor, np.ndarray]:
     """The image (bicubic, antialiased) and its hard mask (nearest) as squares of ``resolution`` pixels."""
     import torch
     import torch.nn.functional as F
@@ -137,14 +148,16 @@ def resize(image, hard: np.ndarray, resolution: int):
     return image, mask.numpy()
 
 
-def check_strength(strength) -> None:
+def check_strength(strength: float) -> None:
     if not 0.0 < float(strength) <= 1.0:
         raise ConfigError(f"--strength (inpaint.strength) {strength}: must be more than 0 and at most 1")
 
 
-def inpaint(model, image, mask, prompts, seeds, *, strength: float = 0.9, negative_prompt: str = "",
-            steps: int = 20, guidance: float = 5.0, scheduler: str = "dpmsolver++", batch_size: int = 8,
-            unet=None, device=None, dtype=None, progress_desc: str | None = None):
+def inpaint(model: BaseModel, image: torch.Tensor, mask: np.ndarray | torch.Tensor, prompts: Sequence[str],
+            seeds: Sequence[int], *, strength: float = 0.9, negative_prompt: str = "", steps: int = 20,
+            guidance: float = 5.0, scheduler: str = "dpmsolver++", batch_size: int = 8,
+            unet: torch.nn.Module | None = None, device: str | torch.device | None = None,
+            dtype: torch.dtype | None = None, progress_desc: str | None = None) -> torch.Tensor:
     """Repaint ``image`` ([3, H, W] in [0, 1]) where ``mask`` (H x W in [0, 1], blurred) is set: one result
     per (prompt, seed), [N, 3, H, W] in [0, 1], composited over the original with ``mask``.
 
@@ -187,7 +200,8 @@ def inpaint(model, image, mask, prompts, seeds, *, strength: float = 0.9, negati
     return soft * drawn + (1 - soft) * img
 
 
-def load_inpainting_unet(spec: str, model, device, dtype, local_files_only: bool = True):
+def load_inpainting_unet(spec: str, model: BaseModel, device: str | torch.device, dtype: torch.dtype | None,
+                         local_files_only: bool = True) -> torch.nn.Module:
     """The UNet of an inpainting checkpoint, checked against the base model's text encoder."""
     from medti.models.loading import load_base_model
 
@@ -200,13 +214,16 @@ def load_inpainting_unet(spec: str, model, device, dtype, local_files_only: bool
                          f"not {2 * latent + 1}: not an inpainting checkpoint")
     if int(unet.config.cross_attention_dim) != model.embedding_dim:
         raise ModelError(f"--inpainting-model '{spec}': its UNet expects text states of width "
-                         f"{unet.config.cross_attention_dim}, base model '{model.model_id}' gives {model.embedding_dim}")
+                         f"{unet.config.cross_attention_dim}, base model '{model.model_id}' "
+                         f"gives {model.embedding_dim}")
     return unet
 
 
-def inpaint_job(image, spec: MaskSpec, out, *, params=None, runtime=None, prompt=None, embeddings=(),
-                pipeline: tuple[str, str, str | None] | None = None, inpainting_model: str | None = None,
-                strength=None, mask_blur=None, n=None, **cli) -> Path:
+def inpaint_job(image: str | os.PathLike, spec: MaskSpec, out: str | os.PathLike, *, params: dict | None = None,
+                runtime: Runtime | None = None, prompt: str | None = None,
+                embeddings: Iterable[EmbeddingSource] = (), pipeline: tuple[str, str, str | None] | None = None,
+                inpainting_model: str | None = None, strength: float | None = None, mask_blur: float | None = None,
+                n: int | None = None, **cli) -> Path:
     """Repaint ``image`` where ``spec`` says, ``n`` times (different seeds), into ``out``.
 
     Standalone: ``prompt`` with any ``embeddings``. Pipeline: ``pipeline`` = (modality, embeddings folder,
@@ -273,7 +290,7 @@ def inpaint_job(image, spec: MaskSpec, out, *, params=None, runtime=None, prompt
             "strength": float(cfg["strength"]), "mask_blur": float(cfg["mask_blur"]), "mask": spec.describe(),
             "method": method, "inpainting_model": inpainting_model, "base_model": model.model_id,
             "steps": int(cfg["steps"]), "guidance": float(cfg["guidance"]), "scheduler": cfg["scheduler"],
-            "embedding_checksum": loaded.checksums(prompt), "image_sha256": _sha256(Path(image)),
+            "embedding_checksum": loaded.checksums(prompt), "image_sha256": file_sha256(Path(image)),
             "size": list(size)})
         t.log_artifact(out / FIGURE)
     return out / FIGURE
@@ -285,7 +302,8 @@ def _as_image(mask: np.ndarray):
     return torch.from_numpy(mask).unsqueeze(0).expand(3, -1, -1)
 
 
-def before_after(image, mask: np.ndarray, results, path, prompt: str) -> None:
+def before_after(image: torch.Tensor, mask: np.ndarray, results: torch.Tensor, path: str | os.PathLike,
+                 prompt: str) -> None:
     """The figure: the original, the mask over it (red), and each result."""
     import torch
 
@@ -302,9 +320,3 @@ def before_after(image, mask: np.ndarray, results, path, prompt: str) -> None:
 
 def _short(text: str, limit: int = 90) -> str:
     return text if len(text) <= limit else text[:limit - 3] + "..."
-
-
-def _sha256(path: Path) -> str:
-    from medti.manifest import file_sha256
-
-    return file_sha256(path)

@@ -17,11 +17,18 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from medti.errors import ConfigError
+
+if TYPE_CHECKING:
+    from medti.generate.embedding_install import EmbeddingSource
+    from medti.generate.jobs import Loaded, Runtime
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +45,7 @@ class GridRow:
     weight: float | None = None
 
 
-def check_weights(weights) -> list[float]:
+def check_weights(weights: Iterable[float] | None) -> list[float]:
     weights = [float(w) for w in (weights or [])]
     if not weights:
         raise ConfigError("interpolation weights: give at least one (e.g. --weights 0,0.25,0.5,0.75,1)")
@@ -48,7 +55,7 @@ def check_weights(weights) -> list[float]:
     return weights
 
 
-def sweep_rows(start: str, end: str, weights, mode: str = "noise") -> list[GridRow]:
+def sweep_rows(start: str, end: str, weights: Iterable[float] | None, mode: str = "noise") -> list[GridRow]:
     """The rows of a sweep from ``start`` (weight 0) to ``end`` (weight 1)."""
     from medti.generate.prompts import AND, Blend, weighted
 
@@ -84,7 +91,7 @@ class Figure:
     mode: str = "noise"  # how its rows mix prompts (combinations always weight noise predictions)
 
 
-def draw_figures(loaded, figures: list[Figure], out, cfg: dict) -> Path:
+def draw_figures(loaded: Loaded, figures: list[Figure], out: str | os.PathLike, cfg: dict) -> Path:
     """Draw every figure (rows x ``cfg['n']`` seeds) into ``out``; write the grids and ``interpolate.csv``."""
     import pandas as pd
 
@@ -155,8 +162,9 @@ def _figures(loaded, start, end, combine, mode, weights, names: dict[str, str] |
     return figures
 
 
-def interpolate_modality(params: dict, modality: str, embeddings_dir, out, *, runtime=None, start=None, end=None,
-                         combine=(), **cli) -> Path:
+def interpolate_modality(params: dict, modality: str, embeddings_dir: str | os.PathLike, out: str | os.PathLike, *,
+                         runtime: Runtime | None = None, start: str | None = None, end: str | None = None,
+                         combine: Sequence[str] = (), **cli) -> Path:
     """Pipeline form: by default a sweep from the first class (healthy) to each other class, and, with
     several disease classes, all of them combined. ``start``/``end``/``combine`` may name classes."""
     from medti.generate.jobs import load_modality, settings
@@ -170,14 +178,16 @@ def interpolate_modality(params: dict, modality: str, embeddings_dir, out, *, ru
     if start or end or combine:
         figures = _figures(loaded, start, end, list(combine), cfg["mode"], cfg["weights"], names)
     else:
-        figures = [f for c in classes[1:] for f in _figures(loaded, classes[0], c, (), cfg["mode"], cfg["weights"], names)]
+        figures = [f for c in classes[1:]
+                   for f in _figures(loaded, classes[0], c, (), cfg["mode"], cfg["weights"], names)]
         if len(classes) > 2:
             figures += _figures(loaded, None, None, classes[1:], cfg["mode"], cfg["weights"], names)
     return _run(params, loaded, figures, out, cfg, modality, inputs={"embeddings": Path(embeddings_dir)})
 
 
-def interpolate_standalone(out, *, start=None, end=None, combine=(), embeddings=(), params=None, runtime=None,
-                           **cli) -> Path:
+def interpolate_standalone(out: str | os.PathLike, *, start: str | None = None, end: str | None = None,
+                           combine: Sequence[str] = (), embeddings: Iterable[EmbeddingSource] = (),
+                           params: dict | None = None, runtime: Runtime | None = None, **cli) -> Path:
     """Standalone form: a sweep ``start`` -> ``end`` and/or a combination of ``combine`` prompts."""
     from medti.generate.jobs import load_standalone, settings
 

@@ -9,23 +9,27 @@ each class's images. Standalone: a base model, any embedding files, and one prom
 from __future__ import annotations
 
 import logging
+import os
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from medti.config import check_section, schema_default, section_defaults
 from medti.errors import ConfigError
+
+if TYPE_CHECKING:
+    import torch
+
+    from medti.generate.embedding_install import EmbeddingSource
+    from medti.generate.prompts import Blend, WeightedPrompt
+    from medti.generate.synthetic import SetResult
+    from medti.models.loading import BaseModel
 
 log = logging.getLogger(__name__)
 
 SAMPLING_KEYS = ("steps", "guidance", "scheduler", "negative_prompt", "batch_size", "seed", "resolution")
-
-
-def schema_defaults(section: str) -> dict:
-    """The defaults params.schema.yaml gives the settings of ``section`` (standalone runs have no params)."""
-    from medti.config import load_schema
-
-    props = load_schema()["properties"][section]["properties"]
-    return {k: v["default"] for k, v in props.items() if "default" in v}
 
 
 @dataclass
@@ -33,19 +37,20 @@ class Runtime:
     """Where a job runs: the base-model spec, device and precision."""
 
     base_model: str = "tiny"
-    device: str = "auto"
-    precision: str = "auto"
-    local_files_only: bool = True
-    revision: str | None = None
+    device: str = schema_default("base_model.device")
+    precision: str = schema_default("base_model.precision")
+    local_files_only: bool = schema_default("base_model.local_files_only")
+    revision: str | None = schema_default("base_model.revision")
 
     @classmethod
-    def from_params(cls, params: dict | None, base_model=None, device=None, precision=None) -> "Runtime":
-        cfg = (params or {}).get("base_model", {}) or {}
-        return cls(base_model=base_model or cfg.get("id", "tiny"), device=device or cfg.get("device", "auto"),
-                   precision=precision or cfg.get("precision", "auto"),
-                   local_files_only=cfg.get("local_files_only", True), revision=cfg.get("revision"))
+    def from_params(cls, params: dict | None, base_model: str | None = None, device: str | None = None,
+                    precision: str | None = None) -> Runtime:
+        cfg = {**section_defaults("base_model"), "id": cls.base_model, **((params or {}).get("base_model") or {})}
+        return cls(base_model=base_model or cfg["id"], device=device or cfg["device"],
+                   precision=precision or cfg["precision"], local_files_only=cfg["local_files_only"],
+                   revision=cfg["revision"])
 
-    def load(self):
+    def load(self) -> tuple[BaseModel, torch.device, torch.dtype]:
         """(BaseModel on its device in its compute dtype, device, dtype)."""
         from medti.models.loading import load_base_model, resolve_device, resolve_dtype
 
@@ -63,9 +68,9 @@ def settings(params: dict | None, modality: str | None, section: str = "generate
     the project's ``seed``. Counts and steps are checked here, before any model is loaded."""
     from medti.config import stage
 
-    own = schema_defaults(section)
+    own = section_defaults(section)
     keys = set(SAMPLING_KEYS) | (set(own) - {"out"})
-    cfg = {k: v for k, v in (schema_defaults("generate") | own).items() if k in keys}
+    cfg = {k: v for k, v in (section_defaults("generate") | own).items() if k in keys}
     if params is not None:
         for part in dict.fromkeys(["generate", section]):
             cfg.update({k: v for k, v in stage(params, part, modality).items() if k in keys})
@@ -74,10 +79,10 @@ def settings(params: dict | None, modality: str | None, section: str = "generate
     cfg.update({k: v for k, v in cli.items() if v is not None})
     if cfg.get("seed") is None:
         cfg["seed"] = 0
-    for key, flag in (("n_per_class", "--n"), ("n", "--n"), ("steps", "--steps"), ("batch_size", "--batch-size")):
-        if key in cfg and int(cfg[key]) < 1:
-            what = "the number of images" if key.startswith("n") else key.replace("_", " ")
-            raise ConfigError(f"{flag} ({section}.{key}) is {cfg[key]}: {what} must be at least 1")
+    flags = {key: "--" + key.replace("_", "-") for key in cfg} | {"n_per_class": "--n"}
+    for part in dict.fromkeys(["generate", section]):
+        check_section(part, {k: v for k, v in cfg.items() if part == section or k in SAMPLING_KEYS},
+                      f"medti {section.replace('_', '-')}", flags)
     return cfg
 
 
@@ -95,7 +100,7 @@ class Loaded:
     installed: list = field(default_factory=list)                   # InstalledEmbedding
     class_prompts: dict[str, list[str]] = field(default_factory=dict)  # class -> templates with its token
 
-    def checksums(self, prompt) -> str:
+    def checksums(self, prompt: str | WeightedPrompt | Blend) -> str:
         """The checksums of the installed embeddings ``prompt`` (text, WeightedPrompt or Blend) names."""
         text = str(prompt)
         return ";".join(e.checksum for e in self.installed if uses_token(text, e.token))
@@ -106,10 +111,12 @@ class Loaded:
         return prompts[0] if prompts else prompt_or_class
 
 
-def load_modality(params: dict, modality: str, embeddings_dir, runtime: "Runtime | None" = None) -> Loaded:
+def load_modality(params: dict, modality: str, embeddings_dir: str | os.PathLike,
+                  runtime: Runtime | None = None) -> Loaded:
     """The base model with every class embedding of ``modality`` (``<embeddings_dir>/<class>.safetensors``)."""
-    from medti.config import class_token, modality as modality_cfg
-    from medti.generate.loading import install_embeddings
+    from medti.config import class_token
+    from medti.config import modality as modality_cfg
+    from medti.generate.embedding_install import install_embeddings
 
     mod = modality_cfg(params, modality)
     templates = mod.get("templates") or ["{}"]
@@ -123,17 +130,18 @@ def load_modality(params: dict, modality: str, embeddings_dir, runtime: "Runtime
     return Loaded(model, device, dtype, installed, prompts)
 
 
-def load_standalone(embeddings=(), runtime: "Runtime | None" = None, params: dict | None = None) -> Loaded:
+def load_standalone(embeddings: Iterable[EmbeddingSource] = (), runtime: Runtime | None = None,
+                    params: dict | None = None) -> Loaded:
     """The base model with any embedding files (``PATH`` or ``TOKEN=PATH``) installed."""
-    from medti.generate.loading import install_embeddings
+    from medti.generate.embedding_install import install_embeddings
 
     runtime = runtime or Runtime.from_params(params)
     model, device, dtype = runtime.load()
     return Loaded(model, device, dtype, install_embeddings(model, list(embeddings)))
 
 
-def generate_modality(params: dict, modality: str, embeddings_dir, out, *, shard: str | None = None,
-                      runtime: Runtime | None = None, **cli):
+def generate_modality(params: dict, modality: str, embeddings_dir: str | os.PathLike, out: str | os.PathLike, *,
+                      shard: str | None = None, runtime: Runtime | None = None, **cli) -> SetResult:
     """The pipeline job: ``n_per_class`` images of every class of ``modality``."""
     from medti.config import stage
     from medti.generate.synthetic import ClassSpec, parse_shard
@@ -148,9 +156,10 @@ def generate_modality(params: dict, modality: str, embeddings_dir, out, *, shard
     return _run(params, loaded, spec, out, cfg, inputs={"embeddings": Path(embeddings_dir)})
 
 
-def generate_standalone(out, prompts: list[str], n: int | None, *, embeddings=(), class_names=None,
+def generate_standalone(out: str | os.PathLike, prompts: list[str], n: int | None, *,
+                        embeddings: Iterable[EmbeddingSource] = (), class_names: Sequence[str] | None = None,
                         modality: str = "custom", shard: str | None = None, params: dict | None = None,
-                        runtime: Runtime | None = None, **cli):
+                        runtime: Runtime | None = None, **cli) -> SetResult:
     """``n`` images per prompt (one class per prompt) with any embeddings installed."""
     from medti.generate.synthetic import ClassSpec, parse_shard
 
@@ -158,7 +167,8 @@ def generate_standalone(out, prompts: list[str], n: int | None, *, embeddings=()
         raise ConfigError("no --prompt given")
     class_names = list(class_names or [f"prompt{i}" for i in range(len(prompts))])
     if len(class_names) != len(prompts):
-        raise ConfigError(f"{len(prompts)} prompts but {len(class_names)} class names: give one --class-name per --prompt")
+        raise ConfigError(f"{len(prompts)} prompts but {len(class_names)} class names: "
+                          "give one --class-name per --prompt")
     cfg = settings(params, None, n_per_class=n, **cli)
     shard_kn = parse_shard(shard)
     classes = [ClassSpec(name, i, [prompt]) for i, (name, prompt) in enumerate(zip(class_names, prompts))]

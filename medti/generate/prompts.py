@@ -143,7 +143,8 @@ def interpolate_vectors(a, b, t: float, mode: str):
     sin = torch.sin(omega)
     # Nearly parallel rows: fall back to the linear formula (the spherical one divides by ~0).
     near = sin.abs() < 1e-4
-    wa = torch.where(near, torch.full_like(omega, 1 - t), torch.sin((1 - t) * omega) / sin.where(~near, torch.ones_like(sin)))
+    wa = torch.where(near, torch.full_like(omega, 1 - t),
+                     torch.sin((1 - t) * omega) / sin.where(~near, torch.ones_like(sin)))
     wb = torch.where(near, torch.full_like(omega, t), torch.sin(t * omega) / sin.where(~near, torch.ones_like(sin)))
     # Interpolate the direction on the sphere and the length linearly.
     direction = wa * ua + wb * ub

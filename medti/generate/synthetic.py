@@ -21,18 +21,27 @@ source; the embedding that made it is ``embedding_checksum``), ``subject_id`` is
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
+import os
 import re
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
 from medti.errors import ConfigError, InputError
+from medti.hashing import json_digest, sha256_hex
+
+if TYPE_CHECKING:
+    import torch
+
+    from medti.generate.sampling import Sampler
+    from medti.models.loading import BaseModel
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +55,8 @@ _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 def derive_seed(base_seed: int, class_name: str, index: int) -> int:
     """The seed of image ``index`` of ``class_name``: stable across runs, machines and shardings."""
-    digest = hashlib.sha256(f"medti-generate/{int(base_seed)}/{class_name}/{int(index)}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") & (2**63 - 1)
+    digest = sha256_hex(f"medti-generate/{int(base_seed)}/{class_name}/{int(index)}")
+    return int(digest[:16], 16) & (2**63 - 1)
 
 
 def parse_shard(value: str | None) -> tuple[int, int]:
@@ -69,7 +78,7 @@ class ClassSpec:
     prompts: list[str]
     embedding_checksum: str = ""
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if not _NAME.match(self.name):
             raise ConfigError(f"class name '{self.name}': use letters, digits, '_', '-' or '.' only")
         if not self.prompts:
@@ -94,7 +103,7 @@ class SetSpec:
     channels: str = "rgb"  # rgb | grey (match the real images the classifier will see)
     shard: tuple[int, int] = (1, 1)
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if int(self.n_per_class) < 1:
             raise ConfigError(f"n_per_class is {self.n_per_class}: the count of images per class must be at least 1")
         if not self.classes:
@@ -110,9 +119,9 @@ class SetSpec:
         d = asdict(self)
         for key in ("n_per_class", "shard"):
             d.pop(key)
-        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+        return json_digest(d, 16)
 
-    def items(self) -> list["Item"]:
+    def items(self) -> list[Item]:
         """All images of the set, class by class; this shard's are every N-th, from the K-th."""
         every = [Item(c, i, derive_seed(self.seed, c.name, i), c.prompts[i % len(c.prompts)])
                  for c in self.classes for i in range(int(self.n_per_class))]
@@ -142,8 +151,9 @@ class SetResult:
     stats: dict = field(default_factory=dict)
 
 
-def generate_set(model, spec: SetSpec, out, *, batch_size: int = 16, device=None, dtype=None,
-                 sampler=None) -> SetResult:
+def generate_set(model: BaseModel, spec: SetSpec, out: str | os.PathLike, *, batch_size: int = 16,
+                 device: str | torch.device | None = None, dtype: torch.dtype | None = None,
+                 sampler: Sampler | None = None) -> SetResult:
     """Draw the set (or this shard of it) into ``out``, skipping images already there; write the manifest."""
     from medti.atomic import sweep_stale_temporaries, write_json
     from medti.generate.sampling import Sampler
@@ -235,7 +245,7 @@ def _clear(out: Path, class_names: list[str]) -> None:
     shutil.rmtree(out / SHARDS, ignore_errors=True)
 
 
-def save_png(image, path: Path, channels: str = "rgb") -> None:
+def save_png(image: torch.Tensor, path: Path, channels: str = "rgb") -> None:
     """A [3, H, W] float image in [0, 1] -> 8-bit PNG (grey: the channel mean), written atomically."""
     import numpy as np
     import torch
@@ -253,7 +263,8 @@ def save_png(image, path: Path, channels: str = "rgb") -> None:
 
 
 def manifest_rows(out: Path, spec: SetSpec, items: list[Item]) -> pd.DataFrame:
-    from medti.manifest import SYNTHETIC_COLUMNS, file_sha256
+    from medti.hashing import file_sha256
+    from medti.manifest import SYNTHETIC_COLUMNS
 
     missing = [it.path for it in items if not (out / it.path).is_file()]
     if missing:
@@ -307,7 +318,7 @@ def _blank(images):
     return np.full((first.size[1], first.size[0], 3), 255, dtype=np.uint8)
 
 
-def merge_shards(out, sources=None) -> Path:
+def merge_shards(out: str | os.PathLike, sources: Sequence[str | os.PathLike] | None = None) -> Path:
     """Join the shards found in ``sources`` (folders; default ``out`` itself) into ``out``'s manifest.
 
     Every shard 1..N of one fingerprint must be present; images held in other folders are copied into

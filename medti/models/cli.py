@@ -11,16 +11,15 @@ def add_parser(sub) -> None:
     p = sub.add_parser("model", help="build or inspect base models (tiny, small, sd15, sd2 architectures)")
     msub = p.add_subparsers(dest="model_command", metavar="<action>", required=True)
 
-    b = add_common(msub.add_parser("build", help="build a random-weight Stable Diffusion folder from configs, offline"),
-                   params=False)
+    b = add_common(msub.add_parser("build", help="build a random-weight Stable Diffusion folder from configs, offline"))
     b.add_argument("--arch", default="tiny", choices=["tiny", "small", "sd15", "sd2"])
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--prediction-type", default="epsilon", choices=["epsilon", "v_prediction"])
     b.add_argument("--out", required=True, help="folder to write (a diffusers StableDiffusionPipeline folder)")
     b.set_defaults(func=_build)
 
-    i = add_common(msub.add_parser("info", help="print a base model's architecture summary as JSON"), params=False)
-    i.add_argument("base_model", help="tiny, random:<arch>, a local diffusers folder or a hub id")
+    i = add_common(msub.add_parser("info", help="print a base model's architecture summary as JSON"))
+    i.add_argument("--base-model", required=True, help="tiny, random:<arch>, a local diffusers folder or a hub id")
     i.add_argument("--allow-download", action="store_true", help="allow fetching a hub id (default: local cache only)")
     i.set_defaults(func=_info)
 

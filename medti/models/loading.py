@@ -7,7 +7,6 @@ extractor). ``tiny`` is built once per machine into medti's cache (``$MEDTI_CACH
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -17,6 +16,7 @@ from pathlib import Path
 import torch
 
 from medti.errors import ModelError
+from medti.hashing import json_digest
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ class BaseModel:
         """A short hash of the text encoder's architecture: embeddings are only valid for matching ones."""
         return text_encoder_config_hash(self.text_encoder.config)
 
-    def to(self, device, dtype=None):
+    def to(self, device: str | torch.device, dtype: torch.dtype | None = None) -> BaseModel:
         for m in (self.text_encoder, self.vae, self.unet):
             if m is None:  # the VAE (or its encoder) may have been released after caching latents
                 continue
@@ -78,11 +78,11 @@ class BaseModel:
         return self
 
 
-def text_encoder_config_hash(config) -> str:
+def text_encoder_config_hash(config: object) -> str:
     keys = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
             "max_position_embeddings", "hidden_act", "projection_dim")
     d = {k: getattr(config, k, None) for k in keys}
-    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+    return json_digest(d, 16)
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -107,7 +107,7 @@ def cache_dir() -> Path:
     return Path(os.environ.get("MEDTI_CACHE", Path.home() / ".cache" / "medti"))
 
 
-def build_model_folder(folder: str | Path, arch: str = "tiny", seed: int = 0, prediction_type: str = "epsilon",
+def build_model_folder(folder: str | os.PathLike, arch: str = "tiny", seed: int = 0, prediction_type: str = "epsilon",
                        device: str | torch.device | None = None) -> Path:
     """Build a random-weight SD pipeline of ``arch`` and save it as a diffusers folder (atomically);
     ``device``: where to build it (see ``build_components``)."""
@@ -118,8 +118,8 @@ def build_model_folder(folder: str | Path, arch: str = "tiny", seed: int = 0, pr
 
     folder = Path(folder)
     with atomic_dir(folder) as tmp:
-        tok, te, vae, unet, sched = build_components(arch, tmp / "tokenizer", seed=seed, prediction_type=prediction_type,
-                                                     device=device)
+        tok, te, vae, unet, sched = build_components(arch, tmp / "tokenizer", seed=seed,
+                                                     prediction_type=prediction_type, device=device)
         pipe = StableDiffusionPipeline(
             vae=vae, text_encoder=te, tokenizer=tok, unet=unet, scheduler=sched,
             safety_checker=None, feature_extractor=None, requires_safety_checker=False,
@@ -169,7 +169,8 @@ def resolve_model_spec(spec: str) -> tuple[str, Path | None]:
 
 def load_base_model(spec: str = "tiny", device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
                     local_files_only: bool = True, revision: str | None = None,
-                    components: tuple[str, ...] = ("tokenizer", "text_encoder", "vae", "unet", "scheduler")) -> BaseModel:
+                    components: tuple[str, ...] = ("tokenizer", "text_encoder", "vae", "unet",
+                                                   "scheduler")) -> BaseModel:
     """Load the frozen components of a Stable Diffusion 1.x/2.x checkpoint.
 
     ``spec`` is ``tiny``, ``random:<arch>`` (tiny, small, sd15, sd2), a local diffusers folder, or a hub id
@@ -198,7 +199,7 @@ def load_base_model(spec: str = "tiny", device: str | torch.device = "cpu", dtyp
             loaded["unet"] = UNet2DConditionModel.from_pretrained(source, subfolder="unet", torch_dtype=dtype, **kw)
         if "scheduler" in components:
             loaded["scheduler"] = DDPMScheduler.from_pretrained(source, subfolder="scheduler", **kw)
-    except (OSError, ValueError, EnvironmentError) as exc:
+    except (OSError, ValueError) as exc:
         if folder is None:
             how = ("it is not in the local Hugging Face cache and local_files_only is set; fetch it on a "
                    f"machine with network (`hf download {spec}`) or set base_model.local_files_only: false"

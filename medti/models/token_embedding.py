@@ -69,7 +69,7 @@ class ExtendedTokenEmbedding(nn.Module):
         max_id = max([self.base.num_embeddings - 1] + [i for ids in self.token_ids.values() for i in ids])
         lut = torch.full((max_id + 1,), -1, dtype=torch.long, device=self.base.weight.device)
         offset = 0
-        for token, ids in self.token_ids.items():
+        for _token, ids in self.token_ids.items():
             lut[torch.tensor(ids, device=lut.device)] = torch.arange(offset, offset + len(ids), device=lut.device)
             offset += len(ids)
         self.lut = lut

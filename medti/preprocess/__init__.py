@@ -15,10 +15,16 @@ Imports stay light here (the CLI imports this package); the work lives in the su
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
+
+from medti.config import schema_default
+
+if TYPE_CHECKING:
+    from medti.preprocess.pipeline import PrepareResult
 
 
 def prepare_dataset(params: dict, modality: str, out: str | os.PathLike | None = None, *,
-                    workers: int | None = None, on_error: str | None = None, **settings):
+                    workers: int | None = None, on_error: str | None = None, **settings) -> PrepareResult:
     """Prepare one modality of validated ``params`` (``medti.config.load_params``) into ``out``.
 
     ``workers``, ``on_error`` and any other ``prepare`` setting given here (size=128, say) win over
@@ -31,7 +37,7 @@ def prepare_dataset(params: dict, modality: str, out: str | os.PathLike | None =
 
 
 def standalone_params(source: dict, classes: list[str], *, modality: str = "data", settings: dict | None = None,
-                      seed: int = 0, root: str | os.PathLike | None = None) -> dict:
+                      seed: int = schema_default("seed"), root: str | os.PathLike | None = None) -> dict:
     """A validated params dict holding one modality with ``source`` and ``classes`` (label order)."""
     from medti.config import project_root, validate
 
@@ -49,8 +55,8 @@ def standalone_params(source: dict, classes: list[str], *, modality: str = "data
 
 
 def prepare_source(source: dict, classes: list[str], out: str | os.PathLike, *, modality: str = "data",
-                   settings: dict | None = None, seed: int = 0, workers: int | None = None,
-                   on_error: str | None = None, root: str | os.PathLike | None = None):
+                   settings: dict | None = None, seed: int = schema_default("seed"), workers: int | None = None,
+                   on_error: str | None = None, root: str | os.PathLike | None = None) -> PrepareResult:
     """Prepare a source given directly (a ``modalities.<m>.source`` mapping) without a params.yaml.
 
     ``settings`` are ``prepare`` settings (size, fit, split...); relative paths resolve against ``root``

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from medti.cliutils import add_common, load_params_arg
+from medti.cliutils import add_common, add_pipeline, csv_list, pipeline_mode
 from medti.errors import ConfigError
 
-# Options of the standalone form only (with --params, params.yaml holds them)
-_STANDALONE_FLAGS = ("seed", "source_type", "input", "labels", "label_key", "label_column", "label_tag", "label_map",
-                 "classes", "series_channels", "series_group_by", "series_match", "sequences", "mask", "slice",
-                 "frames", "window", "subject_from", "class_names", "download")
+# Options of the standalone form only (in pipeline mode, params.yaml holds them)
+_STANDALONE_FLAGS = ("name", "seed", "source_type", "input", "labels", "label_key", "label_column", "label_tag",
+                     "label_map", "classes", "series_channels", "series_group_by", "series_match", "sequences", "mask",
+                     "slice", "frames", "window", "subject_from", "download")
 
 
 def add_parser(sub) -> None:
@@ -17,14 +17,15 @@ def add_parser(sub) -> None:
         description="Turn a source (DICOM folder or multi-sequence series, .mha/.nii.gz volumes, PNG/JPEG/TIFF "
                     "folders, MedMNIST .npz) into 8-bit PNGs, a manifest, rejects.csv, summary.json and sample "
                     "grids, split by subject and stratified by class. Pipeline form: --params params.yaml "
-                    "--modality M --out DIR. Standalone form: --source-type T --input PATH --classes a,b --out DIR "
+                    "--modality M [--out DIR]. Standalone form: --source-type T --input PATH --classes a,b --out DIR "
                     "(plus labels and settings flags). A killed run started again with the same settings resumes: "
                     "inputs it had finished (and not changed since) are not read again.")
     add_common(p)
-    p.add_argument("--modality", help="modality in params.yaml (pipeline form); the dataset's name (standalone)")
-    p.add_argument("--out", help="output folder (default: prepare.out/<modality>)")
+    add_pipeline(p, what="the modality to prepare")
+    p.add_argument("--out", help="output folder (pipeline default: <prepare.out>/<modality>)")
     p.add_argument("--workers", type=int, help="worker processes (default: prepare.workers)")
-    p.add_argument("--on-error", choices=["skip", "fail"], help="per-file problems: skip (listed in rejects.csv) or fail")
+    p.add_argument("--on-error", choices=["skip", "fail"],
+                   help="per-file problems: skip (listed in rejects.csv) or fail")
     s = p.add_argument_group("settings (override prepare.* of params.yaml)")
     s.add_argument("--size", type=int, help="output images are SIZE x SIZE pixels")
     s.add_argument("--fit", choices=["resize", "crop", "pad"], help="how a non-square image becomes square")
@@ -32,18 +33,21 @@ def add_parser(sub) -> None:
     s.add_argument("--normalise", choices=["minmax", "percentile"], help="intensity range where no window applies")
     s.add_argument("--split", help="train,val,test: fractions (0.5,0.25,0.25) or subject counts per class (100,50,50)")
     s.add_argument("--ti-per-class", type=int, help="images per class for embedding training (from train)")
-    s.add_argument("--seed", type=int, help="seed of the split and subset (standalone; default 0)")
+    s.add_argument("--seed", type=int, help="seed of the split and subset (standalone; default: the schema's seed)")
     src = p.add_argument_group("standalone source")
+    src.add_argument("--name", help="the data set's name, written as the manifest's modality (default: data)")
     src.add_argument("--source-type", choices=["dicom", "volume", "folder", "medmnist"])
     src.add_argument("--input", help="the source folder (or .npz file)")
-    src.add_argument("--classes", help="class names in label order, e.g. normal,opacity")
+    src.add_argument("--classes", help="class names in label order, e.g. normal,opacity; MedMNIST: the class of each "
+                                       "label index, '-' to leave an index out (e.g. normal,-,pneumonia)")
     src.add_argument("--labels", metavar="CSV", help="labels CSV")
     src.add_argument("--label-key", choices=["path", "case", "SOPInstanceUID", "StudyInstanceUID", "PatientID"],
                      help="the CSV column naming the image")
     src.add_argument("--label-column", help="the CSV column holding the label (default: label)")
     src.add_argument("--label-tag", metavar="KEYWORD", help="take labels from this DICOM attribute instead")
     src.add_argument("--label-map", metavar="RAW=CLASS,...", help="map raw labels to class names")
-    src.add_argument("--series-channels", metavar="A,B,C", help="DICOM series: one pattern per channel, e.g. T2W,ADC,HBV")
+    src.add_argument("--series-channels", metavar="A,B,C",
+                     help="DICOM series: one pattern per channel, e.g. T2W,ADC,HBV")
     src.add_argument("--series-group-by", metavar="KEYWORD", help="DICOM series: attribute grouping a study")
     src.add_argument("--series-match", metavar="KEYWORD", help="DICOM series: attribute the channel patterns match")
     src.add_argument("--sequences", metavar="P1,P2,P3", help="volumes: one file pattern per channel, e.g. *_t2w.mha")
@@ -52,7 +56,6 @@ def add_parser(sub) -> None:
     src.add_argument("--frames", choices=["middle", "all"], help="multi-frame files: the middle frame or all")
     src.add_argument("--window", metavar="auto|none|C,W", help="VOI window: from the file, none, or centre,width")
     src.add_argument("--subject-from", help="DICOM keyword, file, folder, case or re:<regex>")
-    src.add_argument("--class-names", metavar="A,B", help="MedMNIST: class per label index")
     src.add_argument("--download", action="store_true", help="MedMNIST: download with the medmnist package")
     p.set_defaults(func=run)
 
@@ -63,11 +66,12 @@ def _number(text: str):
 
 
 def _csv(text: str | None) -> list[str] | None:
-    return [t.strip() for t in text.split(",") if t.strip()] if text else None
+    return csv_list(text) or None
 
 
 def _settings(args) -> dict:
-    out = {k: getattr(args, k) for k in ("size", "fit", "channels", "normalise", "workers") if getattr(args, k) is not None}
+    out = {k: getattr(args, k) for k in ("size", "fit", "channels", "normalise", "workers")
+           if getattr(args, k) is not None}
     if args.ti_per_class is not None:
         out["ti_per_class"] = args.ti_per_class
     if args.on_error is not None:
@@ -124,8 +128,11 @@ def _source(args) -> dict:
         src["sequences"] = _csv(args.sequences)
     if args.window:
         src["window"] = _window(args.window)
-    if args.class_names:
-        src["class_names"] = _csv(args.class_names)
+    classes = _csv(args.classes) or []
+    if "-" in classes:
+        if args.source_type != "medmnist":
+            raise ConfigError("--classes: '-' (leave a label index out) is for --source-type medmnist only")
+        src["class_names"] = [None if c == "-" else c for c in classes]
     if args.download:
         src["download"] = True
     return src
@@ -133,26 +140,27 @@ def _source(args) -> dict:
 
 def run(args) -> int:
     settings = _settings(args)
-    if args.params:
+    ctx = pipeline_mode(args, "prepare")
+    if ctx:
         given = [f"--{f.replace('_', '-')}" for f in _STANDALONE_FLAGS if getattr(args, f) not in (None, False)]
         if given:
-            raise ConfigError(f"{', '.join(given)}: standalone options; with --params the source and the seed "
+            raise ConfigError(f"{', '.join(given)}: standalone options; in pipeline mode the source and the seed "
                               f"come from params.yaml (modalities.<m>.source, seed)")
-        if not args.modality:
-            raise ConfigError("--modality: required with --params")
         from medti.preprocess import prepare_dataset
 
-        result = prepare_dataset(load_params_arg(args), args.modality, args.out, **settings)
+        result = prepare_dataset(*ctx, args.out, **settings)
     else:
         if not args.out:
             raise ConfigError("--out: required in the standalone form")
-        classes = _csv(args.classes)
+        classes = [c for c in _csv(args.classes) or [] if c != "-"]
         if not classes:
             raise ConfigError("--classes: required in the standalone form (class names in label order)")
+        from medti.config import schema_default
         from medti.preprocess import prepare_source
 
         rest = {k: v for k, v in settings.items() if k not in ("workers", "on_error")}
-        result = prepare_source(_source(args), classes, args.out, modality=args.modality or "data", settings=rest,
-                                seed=args.seed or 0, workers=args.workers, on_error=args.on_error)
+        seed = schema_default("seed") if args.seed is None else args.seed
+        result = prepare_source(_source(args), classes, args.out, modality=args.name or "data", settings=rest,
+                                seed=seed, workers=args.workers, on_error=args.on_error)
     print(result.out)
     return 0

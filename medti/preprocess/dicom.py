@@ -18,9 +18,10 @@ from pathlib import Path
 import numpy as np
 
 from medti.deid import redact
+from medti.hashing import sha256_hex
 from medti.preprocess.imaging import Window, normalise
 from medti.preprocess.inputs import check_subject_from, list_files, subject_key
-from medti.preprocess.records import Context, Rejected, Result, sha256_hex
+from medti.preprocess.records import Context, Rejected, Result
 
 LABEL_KEYS = ("path", "SOPInstanceUID", "StudyInstanceUID", "PatientID")
 _PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
@@ -116,7 +117,7 @@ def _check_complete(ds) -> None:
     """pydicom stops quietly at the end of the data: a last element shorter than its declared length means
     the file was cut off (or is garbage after a valid preamble, whose first 'element' claims a random length)."""
     last = None
-    for last in ds.elements():  # raw elements: nothing is converted here
+    for last in ds.elements():  # noqa: B007 - kept after the loop; raw elements: nothing is converted here
         pass
     length, value = getattr(last, "length", None), getattr(last, "value", None)
     if isinstance(value, (bytes, bytearray)) and length not in (None, 0xFFFFFFFF) and len(value) < length:
@@ -227,7 +228,8 @@ def _first(value) -> float:
 
 def file_window(ds, frame: int = 0) -> Window | None:
     """The first window centre/width the file gives (top level or the frame's functional group)."""
-    source = ds if ("WindowCenter" in ds and "WindowWidth" in ds) else _functional_item(ds, frame, "FrameVOILUTSequence")
+    source = (ds if ("WindowCenter" in ds and "WindowWidth" in ds)
+              else _functional_item(ds, frame, "FrameVOILUTSequence"))
     if source is None or "WindowCenter" not in source or "WindowWidth" not in source:
         return None
     try:

@@ -13,9 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
+from medti.hashing import sha256_hex
 from medti.preprocess.imaging import Window, normalise
 from medti.preprocess.inputs import check_subject_from, list_files, subject_key
-from medti.preprocess.records import Context, Rejected, Result, sha256_hex
+from medti.preprocess.records import Context, Rejected, Result
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 
@@ -43,7 +44,8 @@ def _page_unit(page, ctx: Context) -> np.ndarray:
     values = arr.astype(np.float32)
     if channels == 3:
         return normalise(values, "minmax")
-    return ctx.window.apply(values) if isinstance(ctx.window, Window) else normalise(values, ctx.normalise, ctx.percentiles)
+    return (ctx.window.apply(values) if isinstance(ctx.window, Window)
+            else normalise(values, ctx.normalise, ctx.percentiles))
 
 
 class FolderSource:

@@ -34,7 +34,8 @@ class Labeler:
         self.map = {str(k): v for k, v in (spec.get("map") or {}).items()}
         for raw, cls in self.map.items():
             if cls not in self.classes:
-                raise ConfigError(f"{setting}.map: '{raw}' maps to '{cls}', which is not a class ({', '.join(self.classes)})")
+                raise ConfigError(f"{setting}.map: '{raw}' maps to '{cls}', which is not a class "
+                                  f"({', '.join(self.classes)})")
         self.tag = spec.get("tag")
         self.key = spec.get("key")
         self.column = spec.get("column") or "label"

@@ -18,8 +18,9 @@ from pathlib import Path
 import numpy as np
 
 from medti.errors import ConfigError, InputError
+from medti.hashing import sha256_hex
 from medti.manifest import SPLITS
-from medti.preprocess.records import Context, Reject, Result, sha256_hex
+from medti.preprocess.records import Context, Reject, Result
 
 CHUNK = 256
 DATA_URL = "https://zenodo.org/records/10519652"
@@ -107,7 +108,8 @@ class MedmnistSource:
         names = cfg.get("class_names") or list(classes)
         for name in names:
             if name is not None and name not in classes:
-                raise ConfigError(f"source.class_names: '{name}' is not a class of this modality ({', '.join(classes)})")
+                raise ConfigError(f"source.class_names: '{name}' is not a class of this modality "
+                                  f"({', '.join(classes)})")
         self.class_names = names
         shapes = _npz_shapes(self.file)
         self.sizes = {}
@@ -128,7 +130,8 @@ class MedmnistSource:
             self.sizes[split] = img[0]
 
     def plan(self, run_parallel, labeler) -> tuple[list, list]:
-        items = [(split, start, min(start + CHUNK, n)) for split, n in self.sizes.items() for start in range(0, n, CHUNK)]
+        items = [(split, start, min(start + CHUNK, n)) for split, n in self.sizes.items()
+                 for start in range(0, n, CHUNK)]
         return items, []
 
     def inputs(self, item) -> list[str]:

@@ -20,8 +20,10 @@ import logging
 import multiprocessing as mp
 import os
 from collections import Counter, defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from medti.config import project_root, stage
 from medti.deid import Deidentifier, load_salt
@@ -32,6 +34,15 @@ from medti.preprocess.labels import Labeler
 from medti.preprocess.records import Context, ImageRecord, Reject, Rejected, Result
 from medti.preprocess.resume import PrepareJournal
 from medti.preprocess.splitting import split_mode
+
+if TYPE_CHECKING:
+    from medti.preprocess.dicom import DicomSource
+    from medti.preprocess.folders import FolderSource
+    from medti.preprocess.medmnist import MedmnistSource
+    from medti.preprocess.series import DicomSeriesSource
+    from medti.preprocess.volumes import VolumeSource
+
+    Source = DicomSource | DicomSeriesSource | FolderSource | MedmnistSource | VolumeSource
 
 log = logging.getLogger("medti.prepare")
 
@@ -53,7 +64,7 @@ def _resolve(path: str, root: Path) -> Path:
     return p if p.is_absolute() else root / p
 
 
-def make_source(cfg: dict, classes: list[str], root: Path):
+def make_source(cfg: dict, classes: list[str], root: Path) -> Source:
     """The source object for a modality's ``source`` settings; ConfigError/InputError on bad settings."""
     kind = cfg["type"]
     if not cfg.get("path"):
@@ -125,11 +136,11 @@ def _run(method: str, item):
 class Runner:
     """Maps a source method over items in ``workers`` processes (in this process when workers is 1)."""
 
-    def __init__(self, source, ctx: Context, workers: int):
+    def __init__(self, source: Source, ctx: Context, workers: int) -> None:
         self.source, self.ctx, self.workers = source, ctx, workers
         self.pool = None
 
-    def __enter__(self):
+    def __enter__(self) -> Runner:
         _init_worker(self.source, self.ctx)
         if self.workers > 1:
             method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
@@ -137,18 +148,19 @@ class Runner:
                                                     initargs=(self.source, self.ctx))
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> bool:
         if self.pool is not None:
             self.pool.terminate()
             self.pool.join()
         return False
 
-    def __call__(self, method: str, items: list, desc: str = "preparing"):
+    def __call__(self, method: str, items: list, desc: str = "preparing") -> Iterator:
         """Everything the items give, flattened: records, rejects or whatever ``method`` returns."""
         for _, outs in self.per_item(method, items, desc):
             yield from outs
 
-    def per_item(self, method: str, items: list, desc: str = "preparing", done: int = 0):
+    def per_item(self, method: str, items: list, desc: str = "preparing",
+                 done: int = 0) -> Iterator[tuple[int, list]]:
         """``(index in items, [what it gave])`` in the order the items finish; ``done`` items are already
         counted in the progress bar."""
         from medti.logs import progress
@@ -214,9 +226,11 @@ def prepare_dataset(params: dict, modality: str, out: str | os.PathLike | None =
                               f"a label from; give labels.csv")
         check_dicom_keyword(labeler.tag, f"modalities.{modality}.source.labels.tag")
     if cfg["type"] == "dicom" and not (labeler.from_csv or labeler.tag):
-        raise ConfigError(f"modalities.{modality}.source.labels: a DICOM source needs labels.csv (with key) or labels.tag")
+        raise ConfigError(f"modalities.{modality}.source.labels: "
+                          "a DICOM source needs labels.csv (with key) or labels.tag")
     if cfg["type"] == "volume" and not labeler.from_csv:
-        raise ConfigError(f"modalities.{modality}.source.labels: a volume source needs labels.csv (with key path or case)")
+        raise ConfigError(f"modalities.{modality}.source.labels: "
+                          "a volume source needs labels.csv (with key path or case)")
     salt = load_salt(root)
     deid = Deidentifier(salt)
     journal = PrepareJournal(out, _fingerprint(modality, classes, settings, cfg, labeler), salt)
@@ -225,8 +239,9 @@ def prepare_dataset(params: dict, modality: str, out: str | os.PathLike | None =
         sweep_stale_temporaries(out.parent, name=out.name)  # not the siblings that parallel jobs are writing
         with track(params if track_run else None, "prepare", run_name=f"prepare-{modality}",
                    tags={"modality": modality}, root=root if track_run else None) as tracker, atomic_dir(out) as tmp:
-            ctx = Context(classes=classes, size=int(settings["size"]), fit=settings["fit"], channels=settings["channels"],
-                          normalise=settings["normalise"], percentiles=tuple(settings["percentiles"]),
+            ctx = Context(classes=classes, size=int(settings["size"]), fit=settings["fit"],
+                          channels=settings["channels"], normalise=settings["normalise"],
+                          percentiles=tuple(settings["percentiles"]),
                           window=window_setting(cfg.get("window")), frames=cfg.get("frames") or "middle",
                           staging=journal.staging, deid=deid, labeler=labeler)
             fail_fast = settings["on_error"] == "fail"
@@ -244,11 +259,12 @@ def prepare_dataset(params: dict, modality: str, out: str | os.PathLike | None =
             if not records:
                 raise InputError(_empty_message(source.root, len(items), rejects))
             _check_every_class(source.root, records, classes)
-            summary = _finish(tmp, journal.staging, records, rejects, classes, settings, params.get("seed", 0), modality,
-                              cfg, source)
+            summary = _finish(tmp, journal.staging, records, rejects, classes, settings, params.get("seed", 0),
+                              modality, cfg, source)
             _log_summary(modality, summary)
             tracker.log_params({"modality": modality, "source_type": cfg["type"], **{
-                k: settings[k] for k in ("size", "fit", "channels", "normalise", "split", "ti_per_class", "on_error", "workers")}})
+                k: settings[k]
+                for k in ("size", "fit", "channels", "normalise", "split", "ti_per_class", "on_error", "workers")}})
             tracker.log_metrics({"images": summary["images_total"], "subjects": summary["subjects_total"],
                                  "rejected": summary["rejected"]})
             tracker.log_artifact(tmp / "summary.json")
@@ -385,7 +401,8 @@ def _finish(tmp: Path, staging: Path, records, rejects, classes, settings, seed:
         train = [(r.subject_id, r.image_id) for r, split in rows if split == "train" and r.cls == cls]
         ti_ids.update(pick_subset(train, int(settings["ti_per_class"]), seed + 7919 * (index + 1)))
     for r in unused:
-        rejects += [Reject(p, "unused", f"left out: prepare.split takes fewer subjects of class '{r.cls}' than there are")
+        rejects += [Reject(p, "unused", f"left out: prepare.split takes fewer subjects of class '{r.cls}' "
+                                        "than there are")
                     for p in r.inputs]
         (staging / r.staged).unlink()
     table = []
@@ -415,7 +432,8 @@ def _finish(tmp: Path, staging: Path, records, rejects, classes, settings, seed:
 
 def _summary(manifest, rejects, classes, settings, modality, cfg, official, splits) -> dict:
     def counts(df, unique_subjects=False):
-        return {s: {c: int(df[(df.split == s) & (df["class"] == c)]["subject_id" if unique_subjects else "path"].nunique())
+        column = "subject_id" if unique_subjects else "path"
+        return {s: {c: int(df[(df.split == s) & (df["class"] == c)][column].nunique())
                     for c in classes} for s in splits}
 
     ti = manifest[manifest.ti_subset]

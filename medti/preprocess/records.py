@@ -7,13 +7,13 @@ checksum and the input paths (relative to the input root) it came from.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from medti.deid import Deidentifier, redact_path
+from medti.hashing import sha256_hex
 
 
 class Rejected(Exception):
@@ -31,7 +31,7 @@ class Rejected(Exception):
         self.line = line
         self.identifiers = identifiers
 
-    def rejects(self, paths) -> list["Reject"]:
+    def rejects(self, paths) -> list[Reject]:
         """One Reject per input path, identifying header values redacted from the paths."""
         reason = redact_path(self.reason, self.identifiers)
         return [Reject(redact_path(p, self.identifiers), self.kind, reason, self.line) for p in paths]
@@ -93,10 +93,6 @@ class Context:
         return ImageRecord(image_id, self.deid.subject(subject_key), cls, checksum, listed, staged, line, split)
 
 
-def sha256_hex(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 def combined_checksum(checksums) -> str:
     """The checksum of a multi-file input: sha256 over its files' sorted sha256 hex digests."""
-    return hashlib.sha256("\n".join(sorted(checksums)).encode("ascii")).hexdigest()
+    return sha256_hex("\n".join(sorted(checksums)))

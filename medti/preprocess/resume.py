@@ -16,8 +16,6 @@ hold what the output itself will hold (salted ids, redacted input paths).
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import logging
 import shutil
@@ -25,6 +23,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from medti.errors import InputError
+from medti.hashing import file_sha256, keyed_digest
 from medti.preprocess.records import ImageRecord, Reject
 
 log = logging.getLogger("medti.prepare")
@@ -40,7 +39,7 @@ def resume_folder(out: Path) -> Path:
 def file_checksum(path: Path | None) -> str | None:
     if path is None or not path.is_file():
         return None
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    return file_sha256(path)
 
 
 class PrepareJournal:
@@ -59,7 +58,7 @@ class PrepareJournal:
         self.added = 0
 
     def _hash(self, text: str) -> str:
-        return hmac.new(self._salt, f"prepare-journal\0{text}".encode("utf-8"), hashlib.sha256).hexdigest()
+        return keyed_digest(self._salt, f"prepare-journal\0{text}")
 
     def item_key(self, item) -> str:
         return self._hash(json.dumps(item, default=str))

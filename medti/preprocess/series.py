@@ -18,9 +18,10 @@ from pathlib import Path
 import numpy as np
 
 from medti.errors import ConfigError
+from medti.hashing import sha256_hex
 from medti.preprocess import dicom
 from medti.preprocess.inputs import check_dicom_keyword, check_subject_from, list_files, subject_key
-from medti.preprocess.records import Context, Reject, Rejected, Result, combined_checksum, sha256_hex
+from medti.preprocess.records import Context, Reject, Rejected, Result, combined_checksum
 from medti.preprocess.volumes import check_slice_settings, stacked_unit, volume_from_slices
 
 
@@ -111,7 +112,7 @@ class DicomSeriesSource:
         rejects = []
         candidates: dict[int, list] = defaultdict(list)
         masks = []
-        for uid, files in series.items():
+        for _uid, files in series.items():
             description = files[0][1]
             channel = next((i for i, p in enumerate(self.patterns) if p.search(description)), None)
             if channel is not None:

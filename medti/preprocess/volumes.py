@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from medti.errors import ConfigError
-from medti.manifest import file_sha256
+from medti.hashing import file_sha256
 from medti.preprocess.imaging import intensity_range, to_unit
 from medti.preprocess.inputs import check_subject_from, list_files, subject_key
 from medti.preprocess.records import Context, Rejected, Result, combined_checksum
@@ -38,7 +38,7 @@ def volume_suffix(name: str) -> str | None:
     return next((s for s in VOLUME_SUFFIXES if low.endswith(s)), None)
 
 
-def read_volume(path: Path) -> "SimpleITK.Image":
+def read_volume(path: Path) -> sitk.Image:  # noqa: F821 - SimpleITK is imported where used
     """A 3D scalar SimpleITK image from a file (2D images become one slice); raises Rejected."""
     sitk = _sitk()
     try:
@@ -66,7 +66,8 @@ def _read_with_nibabel(path: Path):
         data = np.asanyarray(nii.dataobj).astype(np.float32)
         affine = np.asarray(nii.affine, dtype=float)
     except Exception as exc:  # noqa: BLE001 - neither library can read it: a bad input file
-        raise Rejected("unreadable", f"cannot read the volume with SimpleITK or nibabel ({type(exc).__name__})") from None
+        raise Rejected("unreadable", "cannot read the volume with SimpleITK or nibabel "
+                                     f"({type(exc).__name__})") from None
     while data.ndim > 3 and data.shape[-1] == 1:
         data = data[..., 0]
     if data.ndim not in (2, 3):

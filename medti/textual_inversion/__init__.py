@@ -10,24 +10,11 @@ Python API (imported lazily, so ``medti --help`` stays fast)::
 ``train_from_params(params, modality, class_name, manifest, output, report_dir)`` is the pipeline form.
 """
 
-from __future__ import annotations
+from medti.lazy import lazy_exports
 
-_EXPORTS = {
-    "TrainSettings": "medti.textual_inversion.settings",
-    "Augment": "medti.textual_inversion.settings",
-    "TrainResult": "medti.textual_inversion.job",
-    "train_embedding": "medti.textual_inversion.job",
-    "train_from_params": "medti.textual_inversion.job",
-    "default_checkpoint_dir": "medti.textual_inversion.job",
-    "EmbeddingTrainer": "medti.textual_inversion.trainer",
-}
-
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        import importlib
-
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'medti.textual_inversion' has no attribute {name!r}")
+__all__ = ["Augment", "EmbeddingTrainer", "TrainResult", "TrainSettings", "default_checkpoint_dir", "train_embedding",
+           "train_from_params"]
+__getattr__, __dir__ = lazy_exports(__name__, {
+    "TrainSettings": "settings", "Augment": "settings", "TrainResult": "job", "train_embedding": "job",
+    "train_from_params": "job", "default_checkpoint_dir": "job", "EmbeddingTrainer": "trainer",
+})

@@ -1,10 +1,11 @@
 """``medti train-embedding``: one Textual Inversion embedding, in the pipeline or standalone.
 
-Pipeline: ``--params params.yaml --modality M --class C --manifest data/prepared/M/manifest.csv
---output embeddings/M/C.safetensors --report-dir results/train_embedding/M/C``.
+Pipeline: ``--params params.yaml --modality M --class C`` reads the prepared manifest
+(``<prepare.out>/M/manifest.csv``, or ``--manifest``) and writes ``<train_embedding.out>/M/C.safetensors`` (or
+``--out``) with its report in ``<train_embedding.reports>/M/C`` (or ``--report-dir``).
 Standalone (to compare with other tools on the same data): ``--base-model M --images DIR --token '<t>'
---init WORD --num-vectors N --resolution R --batch-size B --steps S --lr LR --seed X --output OUT.safetensors``.
-Command-line values override params.yaml; params.yaml overrides the built-in defaults.
+--init WORD --num-vectors N --resolution R --batch-size B --steps S --lr LR --seed X --out OUT.safetensors``.
+Command-line values override params.yaml; params.yaml overrides the schema's defaults.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from medti.cliutils import add_common, load_params_arg, pick
+from medti.cliutils import add_common, add_pipeline, params_folder, pick, pipeline_mode
+from medti.errors import ConfigError
 
 
 def add_parser(sub) -> None:
@@ -21,15 +23,18 @@ def add_parser(sub) -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_common(p)
+    add_pipeline(p, what="the modality (its templates and init words come from params.yaml)")
     io = p.add_argument_group("inputs and outputs")
-    io.add_argument("--modality", help="pipeline: the modality (its templates and init words come from params.yaml)")
     io.add_argument("--class", dest="class_name", metavar="CLASS", help="pipeline: the class to learn")
-    io.add_argument("--manifest", help="pipeline: the prepared manifest (train split, ti_subset rows are used)")
+    io.add_argument("--manifest", help="pipeline: the prepared manifest (train split, ti_subset rows are used; "
+                                       "default: <prepare.out>/<modality>/manifest.csv)")
     io.add_argument("--images", metavar="DIR", help="standalone: a folder of training images (searched recursively)")
     io.add_argument("--token", help="standalone: the placeholder token, e.g. '<my-concept>'")
-    io.add_argument("--output", required=True, metavar="OUT.safetensors", help="the embedding file to write")
+    io.add_argument("--out", metavar="OUT.safetensors", help="the embedding file to write (pipeline default: "
+                                                             "<train_embedding.out>/<modality>/<class>.safetensors)")
     io.add_argument("--report-dir", metavar="DIR",
-                    help="metrics.csv, loss.png, validation grids, summary.json (standalone default: <OUT>_report)")
+                    help="metrics.csv, loss.png, validation grids, summary.json (pipeline default: "
+                         "<train_embedding.reports>/<modality>/<class>; standalone: <OUT>_report)")
     io.add_argument("--checkpoint-dir", metavar="DIR",
                     help="where checkpoints go (default: .medti/checkpoints/... under the project root); "
                          "a rerun of the same command resumes from it")
@@ -42,7 +47,8 @@ def add_parser(sub) -> None:
     m.add_argument("--init-embedding", metavar="FILE", help="start from an existing embedding file instead")
     m.add_argument("--num-vectors", type=int, help="vectors per token (1 to what the context leaves room for)")
     m.add_argument("--template", dest="templates", action="append", metavar="TEXT",
-                   help="prompt template with {} for the token (repeatable; default: the modality's, or 'a photo of {}')")
+                   help="prompt template with {} for the token (repeatable; default: the modality's, "
+                        "or 'a photo of {}')")
     m.add_argument("--resolution", type=int, help="training size in pixels (default: the base model's)")
     m.add_argument("--batch-size", type=int)
     m.add_argument("--grad-accum", type=int, help="gradient accumulation steps")
@@ -94,17 +100,12 @@ def _overrides(args) -> dict:
 
 
 def build_settings(args, params: dict | None):
-    """TrainSettings from params.yaml (if any) with the command line's values on top."""
-    from medti.config import stage
-    from medti.errors import ConfigError
+    """TrainSettings from params.yaml (pipeline mode) or the schema's defaults, with the command line on top."""
     from medti.textual_inversion.settings import Augment, TrainSettings
 
-    if args.manifest:
+    pipeline = params is not None
+    if pipeline:
         base = TrainSettings.from_params(params, args.modality, args.class_name)
-    elif params is not None:  # standalone with params.yaml: its train_embedding section gives the defaults
-        base = TrainSettings.from_section(stage(params, "train_embedding"), token=args.token,
-                                          seed=int(params.get("seed", 0)), device=params["base_model"]["device"],
-                                          precision=params["base_model"]["precision"])
     else:
         base = TrainSettings(token=args.token)
     values = base.to_dict()
@@ -118,31 +119,42 @@ def build_settings(args, params: dict | None):
         rotate_degrees=pick(args.rotate_degrees, a.rotate_degrees), scale=tuple(pick(args.scale, a.scale)),
         brightness=pick(args.brightness, a.brightness), views=pick(args.augment_views, a.views),
     )
-    if not args.manifest and values["init"] == "word" and not values["init_words"] and not args.init_embedding:
+    if not pipeline and values["init"] == "word" and not values["init_words"] and not args.init_embedding:
         raise ConfigError("train-embedding: --init WORD is needed "
                           "(or --init-method zeros|random, or --init-embedding FILE)")
-    return TrainSettings(**values).validate(source="train-embedding")
+    flags = {key: "--" + key.replace("_", "-") for key in values if key != "augment"} | {"init": "--init-method"}
+    flags |= {f"augment.{key}": "--" + key.replace("_", "-") for key in ("hflip", "vflip", "rotate_degrees", "scale",
+                                                                           "brightness")}
+    flags["augment.views"] = "--augment-views"
+    return TrainSettings(**values).validate(source="medti train-embedding", names=flags)
 
 
 def run(args) -> int:
     import json
 
-    from medti.errors import ConfigError
     from medti.textual_inversion.job import train_embedding, train_from_params
 
-    params = load_params_arg(args)
-    if args.manifest:
-        missing = [f"--{n}" for n, v in (("params", args.params), ("modality", args.modality),
-                                         ("class", args.class_name), ("report-dir", args.report_dir)) if not v]
-        if missing:
-            raise ConfigError(f"train-embedding: the pipeline form (--manifest) also needs {', '.join(missing)}")
+    ctx = pipeline_mode(args, "train-embedding")
+    params = ctx[0] if ctx else None
+    if ctx:
+        if not args.class_name:
+            raise ConfigError("medti train-embedding: pipeline mode also needs --class (a class of the modality)")
         if args.images or args.token:
-            raise ConfigError("train-embedding: give either --manifest (pipeline) or --images/--token (standalone)")
-    elif not (args.images and args.token):
-        raise ConfigError("train-embedding: give --params/--modality/--class/--manifest (pipeline) "
-                          "or --images DIR and --token TOKEN (standalone)")
-    if Path(args.output).suffix != ".safetensors":
-        raise ConfigError(f"--output {args.output}: the embedding is written as .safetensors "
+            raise ConfigError("medti train-embedding: --images/--token are for standalone use; in pipeline mode the "
+                              "images come from the prepared manifest")
+        m, c = args.modality, args.class_name
+        args.manifest = args.manifest or str(params_folder(params, "prepare.out") / m / "manifest.csv")
+        args.out = args.out or str(params_folder(params, "train_embedding.out") / m / f"{c}.safetensors")
+        args.report_dir = args.report_dir or str(params_folder(params, "train_embedding.reports") / m / c)
+    else:
+        if not (args.images and args.token and args.out):
+            raise ConfigError("medti train-embedding: give --params P --modality M --class C (pipeline) "
+                              "or --images DIR --token TOKEN --out FILE (standalone)")
+        if args.manifest or args.class_name:
+            raise ConfigError("medti train-embedding: --manifest/--class are for pipeline mode "
+                              "(with --params and --modality)")
+    if Path(args.out).suffix != ".safetensors":
+        raise ConfigError(f"--out {args.out}: the embedding is written as .safetensors "
                           "(convert it afterwards with `medti embedding convert`)")
     settings = build_settings(args, params)
     bm = (params or {}).get("base_model", {})
@@ -150,11 +162,11 @@ def run(args) -> int:
                   init_embedding=args.init_embedding,
                   local_files_only=not args.allow_download and bm.get("local_files_only", True),
                   revision=bm.get("revision"))
-    if args.manifest:
-        result = train_from_params(params, args.modality, args.class_name, args.manifest, args.output,
+    if ctx:
+        result = train_from_params(params, args.modality, args.class_name, args.manifest, args.out,
                                    args.report_dir, settings=settings, **common)
     else:
-        out = Path(args.output)
+        out = Path(args.out)
         result = train_embedding(args.images, settings, output=out, params=params,
                                  report_dir=args.report_dir or out.with_name(f"{out.stem}_report"), **common)
     keys = ("token", "images", "steps", "loss_first", "loss_last", "train_seconds", "embedding_checksum")

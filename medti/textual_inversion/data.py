@@ -9,7 +9,6 @@ are drawn once (seeded) and cached alongside the original.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 from collections import Counter
@@ -20,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from medti.errors import InputError
+from medti.hashing import file_sha256, sha256_of
 from medti.textual_inversion.settings import Augment
 
 log = logging.getLogger(__name__)
@@ -59,12 +59,7 @@ def check_image_count(paths: list[Path], source: str) -> None:
 
 def images_checksum(paths: list[Path]) -> str:
     """sha256 over the images' contents, independent of their names and order."""
-    from medti.manifest import file_sha256
-
-    h = hashlib.sha256()
-    for digest in sorted(file_sha256(p) for p in paths):
-        h.update(digest.encode())
-    return h.hexdigest()
+    return sha256_of(sorted(file_sha256(p) for p in paths))
 
 
 def load_images(paths: list[Path], resolution: int) -> torch.Tensor:

@@ -12,16 +12,21 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
+from medti.checkpoint import CheckpointStore, checkpoint_dir_for, fingerprint
 from medti.embeddings import Embedding, save_embedding
 from medti.errors import TrainingError
-from medti.textual_inversion import report
-from medti.checkpoint import CheckpointStore, checkpoint_dir_for, fingerprint
+from medti.textual_inversion import run_outputs
 from medti.textual_inversion.settings import TrainSettings
+
+if TYPE_CHECKING:
+    from medti.models.loading import BaseModel
 
 log = logging.getLogger(__name__)
 
@@ -50,14 +55,17 @@ def _model_label(model) -> str:
 def _peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
-    from medti.bench import peak_rss_mb
+    from medti.resources import peak_rss_mb
 
     return peak_rss_mb()
 
 
-def train_embedding(images, settings: TrainSettings, *, base_model="tiny", output=None, report_dir=None,
-                    checkpoint_dir=None, params: dict | None = None, manifest=None, modality: str | None = None,
-                    class_name: str | None = None, init_embedding=None, local_files_only: bool = True,
+def train_embedding(images: str | os.PathLike | Sequence[str | os.PathLike], settings: TrainSettings, *,
+                    base_model: str | os.PathLike | BaseModel = "tiny", output: str | os.PathLike | None = None,
+                    report_dir: str | os.PathLike | None = None, checkpoint_dir: str | os.PathLike | None = None,
+                    params: dict | None = None, manifest: str | os.PathLike | None = None,
+                    modality: str | None = None, class_name: str | None = None,
+                    init_embedding: str | os.PathLike | None = None, local_files_only: bool = True,
                     revision: str | None = None) -> TrainResult:
     """Train a Textual Inversion embedding and return it with run statistics.
 
@@ -71,7 +79,7 @@ def train_embedding(images, settings: TrainSettings, *, base_model="tiny", outpu
     from medti.embeddings import load_embedding
     from medti.logs import progress
     from medti.manifest import manifest_checksum
-    from medti.models.loading import BaseModel, RANDOM_WARNING, load_base_model, resolve_device, resolve_dtype
+    from medti.models.loading import RANDOM_WARNING, BaseModel, load_base_model, resolve_device, resolve_dtype
     from medti.textual_inversion.data import check_image_count, images_checksum, list_image_folder, load_images
     from medti.textual_inversion.trainer import EmbeddingTrainer, NonFiniteLoss
     from medti.tracking import track
@@ -152,7 +160,7 @@ def train_embedding(images, settings: TrainSettings, *, base_model="tiny", outpu
                 if not path.exists():  # a resumed run keeps the grids made before the interruption
                     samples = trainer.samples(settings.validation_images, settings.seed,
                                               settings.validation_steps, settings.validation_guidance)
-                    report.validation_grid(real, samples, path, settings.templates[0].format(settings.token),
+                    run_outputs.validation_grid(real, samples, path, settings.templates[0].format(settings.token),
                                            step, model.random_weights)
                     tracker.log_artifact(path, "validation")
                 return path
@@ -217,7 +225,7 @@ def train_embedding(images, settings: TrainSettings, *, base_model="tiny", outpu
                 "train_seconds": round(trainer.elapsed_s, 3),
                 "images_per_s": round(settings.steps * settings.batch_size * settings.grad_accum
                                       / max(trainer.elapsed_s, 1e-9), 3),
-                **report.loss_summary(trainer.metrics),
+                **run_outputs.loss_summary(trainer.metrics),
                 "device": str(device), "dtype": str(dtype).replace("torch.", ""),
                 "peak_memory_mb": round(_peak_memory_mb(device), 1),
                 "latent_cache_mb": round(trainer.latents.nbytes / 2**20, 3),
@@ -252,15 +260,16 @@ def _write_report(report_dir: Path, metrics: list[dict], staging: Path, stats: d
     from medti.atomic import atomic_dir, write_json
 
     with atomic_dir(report_dir) as tmp:
-        report.write_metrics_csv(metrics, tmp / "metrics.csv")
-        title = f"{settings.token}: training loss" + (f"\n({report.RANDOM_NOTE})" if random_weights else "")
-        report.loss_figure(metrics, tmp / "loss.png", title)
+        run_outputs.write_metrics_csv(metrics, tmp / "metrics.csv")
+        title = f"{settings.token}: training loss" + (f"\n({run_outputs.RANDOM_NOTE})" if random_weights else "")
+        run_outputs.loss_figure(metrics, tmp / "loss.png", title)
         for grid in sorted(staging.glob("validation_*.png")):
             shutil.copy2(grid, tmp / grid.name)
         write_json(tmp / "summary.json", stats)
 
 
-def train_from_params(params: dict, modality: str, class_name: str, manifest, output, report_dir,
+def train_from_params(params: dict, modality: str, class_name: str, manifest: str | os.PathLike,
+                      output: str | os.PathLike | None, report_dir: str | os.PathLike | None,
                       settings: TrainSettings | None = None, base_model: str | None = None,
                       **kwargs) -> TrainResult:
     """The pipeline form: settings from params.yaml (unless given), images from the prepared manifest's

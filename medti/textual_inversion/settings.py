@@ -8,26 +8,31 @@ instead of silently continuing someone else's run.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 
+from medti.config import check_section, schema_default, schema_section
 from medti.errors import ConfigError
 
-INIT_METHODS = ("word", "zeros", "random")
-LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine")
-MAX_LR = 3.4e38  # float32: larger values overflow in the optimiser
+INIT_METHODS = tuple(schema_section("train_embedding")["properties"]["init"]["enum"])
+LR_SCHEDULERS = tuple(schema_section("train_embedding")["properties"]["lr_scheduler"]["enum"])
 DEFAULT_TEMPLATES = ("a photo of {}",)
+
+
+def _default(key: str):
+    return schema_default(f"train_embedding.{key}")
 
 
 @dataclass
 class Augment:
     """Image augmentation. Views are drawn once, before the VAE (each view is encoded once and cached)."""
 
-    hflip: bool = False        # off by default: anatomy is lateralised
-    vflip: bool = False
-    rotate_degrees: float = 0.0
-    scale: tuple[float, float] = (1.0, 1.0)
-    brightness: float = 0.0
-    views: int = 8             # augmented views per image (only when some augmentation is on)
+    hflip: bool = schema_default("train_embedding.augment.hflip")  # off by default: anatomy is lateralised
+    vflip: bool = schema_default("train_embedding.augment.vflip")
+    rotate_degrees: float = schema_default("train_embedding.augment.rotate_degrees")
+    scale: tuple[float, float] = tuple(schema_default("train_embedding.augment.scale"))
+    brightness: float = schema_default("train_embedding.augment.brightness")
+    views: int = schema_default("train_embedding.augment.views")  # views per image when some augmentation is on
 
     @property
     def active(self) -> bool:
@@ -43,34 +48,34 @@ class Augment:
 class TrainSettings:
     token: str
     templates: list[str] = field(default_factory=lambda: list(DEFAULT_TEMPLATES))
-    init: str = "word"                  # word | zeros | random
-    init_words: str | None = None       # the word or phrase for init=word
-    num_vectors: int = 8
-    resolution: int | None = None       # None: the base model's own resolution
-    steps: int = 200
-    batch_size: int = 4
-    grad_accum: int = 1
-    lr: float = 5.0e-3
-    lr_scheduler: str = "constant_with_warmup"
-    warmup_steps: int = 20
-    max_grad_norm: float | None = 1.0
-    min_snr_gamma: float | None = None
-    weight_decay: float = 0.0
+    init: str = _default("init")                    # word | zeros | random
+    init_words: str | None = None                   # the word or phrase for init=word (classes.<key>.init)
+    num_vectors: int = _default("num_vectors")
+    resolution: int | None = _default("resolution")  # None: the base model's own resolution
+    steps: int = _default("steps")
+    batch_size: int = _default("batch_size")
+    grad_accum: int = _default("grad_accum")
+    lr: float = _default("lr")
+    lr_scheduler: str = _default("lr_scheduler")
+    warmup_steps: int = _default("warmup_steps")
+    max_grad_norm: float | None = _default("max_grad_norm")
+    min_snr_gamma: float | None = _default("min_snr_gamma")
+    weight_decay: float = _default("weight_decay")
     augment: Augment = field(default_factory=Augment)
-    seed: int = 0
-    checkpoint_every: int = 50          # 0: no checkpoints
-    validation_every: int = 0           # 0: only the final grid
-    validation_images: int = 4          # 0: no grids
-    validation_steps: int = 20
-    validation_guidance: float = 5.0
-    log_every: int = 10                 # losses are fetched from the device every this many steps
-    gradient_checkpointing: bool = False
-    compile: bool = False
-    compile_memory_budget: float = 1.0  # with compile: fraction of activations kept, the rest recomputed
-    device: str = "auto"
-    precision: str = "auto"
+    seed: int = schema_default("seed")
+    checkpoint_every: int = _default("checkpoint_every")        # 0: no checkpoints
+    validation_every: int = _default("validation_every")        # 0: only the final grid
+    validation_images: int = _default("validation_images")      # 0: no grids
+    validation_steps: int = _default("validation_steps")
+    validation_guidance: float = _default("validation_guidance")
+    log_every: int = _default("log_every")                      # steps between fetching losses from the device
+    gradient_checkpointing: bool = _default("gradient_checkpointing")
+    compile: bool = _default("compile")
+    compile_memory_budget: float = _default("compile_memory_budget")  # with compile: fraction of activations kept
+    device: str = schema_default("base_model.device")
+    precision: str = schema_default("base_model.precision")
 
-    def validate(self, source: str = "train-embedding") -> "TrainSettings":
+    def validate(self, source: str = "train-embedding", names: dict[str, str] | None = None) -> TrainSettings:
         """Raise ConfigError naming the first bad setting (the CLI's values bypass the params schema)."""
         def bad(name, why):
             raise ConfigError(f"{source}: {name}: {why}")
@@ -82,41 +87,17 @@ class TrainSettings:
         for t in self.templates:
             if t.count("{}") != 1:
                 bad("templates", f"'{t}' must contain '{{}}' exactly once (where the token goes)")
-        if self.init not in INIT_METHODS:
-            bad("init", f"'{self.init}' is not one of {', '.join(INIT_METHODS)}")
         if self.init == "word" and not (self.init_words or "").strip():
             bad("init", "init=word needs a word or phrase to start from (--init WORD)")
-        for name in ("num_vectors", "steps", "batch_size", "grad_accum", "validation_steps", "log_every"):
-            if int(getattr(self, name)) < 1:
-                bad(name, f"must be at least 1, got {getattr(self, name)}")
-        for name in ("warmup_steps", "checkpoint_every", "validation_every", "validation_images"):
-            if int(getattr(self, name)) < 0:
-                bad(name, f"must be 0 or more, got {getattr(self, name)}")
-        if self.resolution is not None and (self.resolution < 8 or self.resolution % 8):
-            bad("resolution", f"must be a multiple of 8 and at least 8, got {self.resolution}")
-        if not 0 < self.lr <= MAX_LR:  # also NaN and inf
-            bad("lr", f"must be positive and at most {MAX_LR:g} (float32; TI typically uses 5e-3), got {self.lr}")
-        if self.lr_scheduler not in LR_SCHEDULERS:
-            bad("lr_scheduler", f"'{self.lr_scheduler}' is not one of {', '.join(LR_SCHEDULERS)}")
-        if self.max_grad_norm is not None and not self.max_grad_norm > 0:
-            bad("max_grad_norm", "must be positive (or null for no clipping)")
-        if self.min_snr_gamma is not None and not self.min_snr_gamma > 0:
-            bad("min_snr_gamma", "must be positive (or null for no weighting)")
-        if self.weight_decay < 0:
-            bad("weight_decay", "must be 0 or more")
+        values = self.to_dict()
+        values["augment"]["scale"] = list(values["augment"]["scale"])
+        if not math.isfinite(self.lr):
+            bad("lr", f"must be a finite number, got {self.lr}")
+        check_section("train_embedding", values, source, names)  # the schema's bounds, as params.yaml's
+        check_section("base_model", {"device": self.device, "precision": self.precision}, source, names)
         a = self.augment
-        if not (0 < a.scale[0] <= a.scale[1]):
-            bad("augment.scale", f"must be [low, high] with 0 < low <= high, got {list(a.scale)}")
-        if not 0 <= a.rotate_degrees <= 180:
-            bad("augment.rotate_degrees", "must be between 0 and 180")
-        if not 0 <= a.brightness <= 1:
-            bad("augment.brightness", "must be between 0 and 1")
-        if a.views < 1:
-            bad("augment.views", "must be at least 1")
-        if not 0 < self.compile_memory_budget <= 1:
-            bad("compile_memory_budget", f"must be in (0, 1], got {self.compile_memory_budget}")
-        if self.precision not in ("auto", "fp32", "fp16", "bf16"):
-            bad("precision", f"'{self.precision}' is not one of auto, fp32, fp16, bf16")
+        if not a.scale[0] <= a.scale[1]:
+            bad("augment.scale", f"must be [low, high] with low <= high, got {list(a.scale)}")
         return self
 
     def result_key(self) -> dict:
@@ -131,7 +112,7 @@ class TrainSettings:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_section(cls, section: dict, **values) -> "TrainSettings":
+    def from_section(cls, section: dict, **values) -> TrainSettings:
         """Settings from a validated ``train_embedding`` section; ``values`` (token, templates...) on top."""
         names = {f.name for f in dataclasses.fields(cls)} - {"augment", "token", "templates", "init_words", "seed",
                                                                "device", "precision"}
@@ -145,9 +126,10 @@ class TrainSettings:
         return cls(**kw)
 
     @classmethod
-    def from_params(cls, params: dict, modality: str, class_name: str) -> "TrainSettings":
+    def from_params(cls, params: dict, modality: str, class_name: str) -> TrainSettings:
         """Settings for one modality and class from validated params."""
-        from medti.config import class_token, modality as modality_of, stage
+        from medti.config import class_token, stage
+        from medti.config import modality as modality_of
 
         mod = modality_of(params, modality)
         if class_name not in mod["classes"]:

@@ -23,8 +23,8 @@ import time
 
 import torch
 
-from medti.errors import ConfigError, TrainingError
 from medti.checkpoint import capture_rng, restore_rng
+from medti.errors import ConfigError, TrainingError
 from medti.textual_inversion.data import LatentCache, ViewMaker, encode_latents, release_vae_encoder
 from medti.textual_inversion.settings import TrainSettings
 from medti.textual_inversion.text import check_context_room, initial_vectors, prompt_ids

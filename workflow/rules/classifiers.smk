@@ -7,8 +7,6 @@ rule train_classifier:
         synthetic=f"{OUT['synthetic']}/{{modality}}",
     output:
         directory(f"{OUT['classifiers']}/{{modality}}/{{condition}}/seed{{seed}}"),
-    params:
-        settings=settings("classifier", "seed"),
     log:
         "logs/train_classifier/{modality}/{condition}/seed{seed}.log",
     benchmark:
@@ -16,11 +14,15 @@ rule train_classifier:
     conda:
         "../envs/medti.yaml"
     threads: 1
+    resources:
+        gpu=gpu("classifier"),
+    params:
+        settings=settings("classifier", "seed"),
     shell:
         "medti train-classifier --params params.yaml --modality {wildcards.modality}"
         " --condition {wildcards.condition} --seed {wildcards.seed}"
         " --real {input.prepared}/manifest.csv --synthetic {input.synthetic}/manifest.csv --out {output}"
-        " --log {log}"
+        " --log {log} 2> {log}"
 
 
 rule evaluate:
@@ -30,15 +32,11 @@ rule evaluate:
         ),
         prepared=f"{OUT['prepared']}/{{modality}}",
         synthetic=f"{OUT['synthetic']}/{{modality}}",
-        embeddings=lambda wc: expand(f"{OUT['embeddings']}/{wc.modality}/{{cls}}.safetensors", cls=classes(wc.modality)),
+        embeddings=embedding_files,
     output:
         details=directory(f"{OUT['evaluate']}/{{modality}}"),
         metrics=f"{OUT['evaluate']}/{{modality}}.metrics.json",
         roc=f"{OUT['evaluate']}/{{modality}}.roc.csv",
-    params:
-        settings=settings("evaluate", "classifier"),
-        classifiers=parent_of("classifiers", levels=2),
-        embeddings=parent_of("embeddings"),
     log:
         "logs/evaluate/{modality}.log",
     benchmark:
@@ -46,8 +44,12 @@ rule evaluate:
     conda:
         "../envs/medti.yaml"
     threads: 1
+    params:
+        settings=settings("evaluate", "classifier"),
+        classifiers=parent_of("classifiers", levels=2),
+        embeddings=parent_of("embeddings"),
     shell:
         "medti evaluate --params params.yaml --modality {wildcards.modality} --classifiers {params.classifiers}"
         " --real {input.prepared}/manifest.csv --synthetic {input.synthetic}/manifest.csv"
         " --embeddings {params.embeddings} --out {output.details} --metrics {output.metrics} --roc {output.roc}"
-        " --log {log}"
+        " --log {log} 2> {log}"

@@ -1,9 +1,13 @@
 # Helpers shared by the rules: validated parameters, the lists the DAG is built from, output paths.
 
 import os
+import shlex
 import shutil
+import subprocess
+import sys
 
 from snakemake.exceptions import WorkflowError
+from snakemake.logging import logger
 
 from medti.config import stage as stage_section, validate as validate_params
 from medti.errors import ConfigError
@@ -41,9 +45,27 @@ def classes(modality):
     return config["modalities"][modality]["classes"]
 
 
-# GPU jobs claim the `gpu` resource only where a GPU exists; on a CPU-only machine they run side by side.
-# Jobs pick their device themselves (base_model.device); Snakemake does not set CUDA_VISIBLE_DEVICES.
-GPU = 0 if config["base_model"]["device"] == "cpu" or shutil.which("nvidia-smi") is None else 1
+# GPU rules: the jobs that put their model on base_model.device (train_embedding, generate, interpolate) or on
+# classifier.device (train_classifier); prepare, evaluate and report run on the CPU. Each GPU rule declares
+# `resources: gpu=...`, and both cluster profiles give exactly these rules one GPU each (tests/test_workflow.py
+# fails when the rules and a profile disagree). Locally a GPU rule claims one unit of `gpu` only where a GPU
+# exists and its device setting is not cpu (`snakemake --resources gpu=N` runs N at a time); on a CPU-only
+# machine it claims none, so those jobs run side by side. Jobs pick their device themselves; Snakemake does not
+# set CUDA_VISIBLE_DEVICES.
+HAS_GPU = shutil.which("nvidia-smi") is not None
+
+
+def gpu(section):
+    """The `gpu` resource of a job whose device is ``<section>.device`` (a modality may override classifier)."""
+
+    def get(wildcards):
+        if section == "base_model":
+            device = config["base_model"]["device"]
+        else:
+            device = stage_section(config, section, wildcards.modality)["device"]
+        return 1 if HAS_GPU and device != "cpu" else 0
+
+    return get
 
 
 def settings(section, *extra):
@@ -74,6 +96,11 @@ def source_inputs(wildcards):
     return paths + ([labels] if labels else [])
 
 
+def embedding_files(wildcards):
+    """The embeddings of every class of the job's modality."""
+    return expand(f"{OUT['embeddings']}/{wildcards.modality}/{{cls}}.safetensors", cls=classes(wildcards.modality))
+
+
 def parent_of(name, levels=1):
     """The folder ``levels`` up from the first file of input ``name`` (a params function)."""
 
@@ -84,3 +111,38 @@ def parent_of(name, levels=1):
         return path
 
     return get
+
+
+def record_in_dvc_lock():
+    """After a successful run: `dvc commit -f` the outputs of the jobs that ran, so dvc.lock records them as after
+    `dvc repro` and the README's sharing steps (git add dvc.lock, git commit, dvc push) work after either runner.
+
+    Only the jobs that ran are committed: an output this run did not make may be stale for DVC (a partial run
+    after a parameter change), and committing it would hide that. Skipped without DVC (no `.dvc` folder or no
+    `dvc` command), under --touch, and when outputs live in remote storage (the Kubernetes profile: run
+    `dvc commit` where the files are). A failed commit ends the run with an error naming the command to run
+    again; the outputs and Snakemake's records of them stay. `snakemake --no-hooks` skips this step.
+    """
+    if (
+        not (os.path.isdir(".dvc") and os.path.isfile("dvc.yaml"))
+        or workflow.touch
+        or workflow.storage_settings.default_storage_provider
+    ):
+        return
+    beside = os.path.join(os.path.dirname(sys.executable), "dvc")
+    dvc = beside if os.access(beside, os.X_OK) else shutil.which("dvc")
+    if dvc is None:
+        return
+    jobs = [job for job in workflow.dag.finished_jobs if job.output]
+    targets = sorted({str(path) for job in jobs for path in job.output})
+    if not targets:
+        return
+    proc = subprocess.run([dvc, "commit", "--force", *targets], capture_output=True, text=True)
+    if proc.returncode != 0:
+        detail = (proc.stderr or proc.stdout).strip()
+        raise WorkflowError(
+            f"every job succeeded, but recording their outputs in dvc.lock failed:\n{detail}\n"
+            "The outputs are kept. Once the cause is fixed, run:\n"
+            f"  dvc commit --force {' '.join(shlex.quote(t) for t in targets)}"
+        )
+    logger.info(f"dvc.lock: recorded the outputs of {len(jobs)} job(s) (dvc commit)")

@@ -4,8 +4,6 @@
 rule phantoms:
     output:
         directory(f"{OUT['phantoms']}/{{modality}}"),
-    params:
-        settings=lambda wc: config["phantoms"],
     log:
         "logs/phantoms/{modality}.log",
     benchmark:
@@ -13,8 +11,10 @@ rule phantoms:
     conda:
         "../envs/medti.yaml"
     threads: 1
+    params:
+        settings=lambda wc: config["phantoms"],
     shell:
-        "medti phantoms --params params.yaml --modality {wildcards.modality} --out {output} --log {log}"
+        "medti phantoms --params params.yaml --modality {wildcards.modality} --out {output} --log {log} 2> {log}"
 
 
 rule prepare:
@@ -22,8 +22,6 @@ rule prepare:
         source_inputs,
     output:
         directory(f"{OUT['prepared']}/{{modality}}"),
-    params:
-        settings=settings("prepare", "seed"),
     log:
         "logs/prepare/{modality}.log",
     benchmark:
@@ -31,5 +29,7 @@ rule prepare:
     conda:
         "../envs/medti.yaml"
     threads: config["prepare"]["workers"]
+    params:
+        settings=settings("prepare", "seed"),
     shell:
-        "medti prepare --params params.yaml --modality {wildcards.modality} --out {output} --log {log}"
+        "medti prepare --params params.yaml --modality {wildcards.modality} --out {output} --log {log} 2> {log}"

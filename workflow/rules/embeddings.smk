@@ -7,8 +7,6 @@ rule train_embedding:
     output:
         embedding=f"{OUT['embeddings']}/{{modality}}/{{cls}}.safetensors",
         report=directory(f"{OUT['train_reports']}/{{modality}}/{{cls}}"),
-    params:
-        settings=settings("train_embedding", "base_model", "seed"),
     log:
         "logs/train_embedding/{modality}/{cls}.log",
     benchmark:
@@ -17,8 +15,10 @@ rule train_embedding:
         "../envs/medti.yaml"
     threads: 2
     resources:
-        gpu=GPU,
+        gpu=gpu("base_model"),
+    params:
+        settings=settings("train_embedding", "base_model", "seed"),
     shell:
         "medti train-embedding --params params.yaml --modality {wildcards.modality} --class {wildcards.cls}"
         " --manifest {input.prepared}/manifest.csv --output {output.embedding} --report-dir {output.report}"
-        " --log {log}"
+        " --log {log} 2> {log}"

@@ -10,8 +10,6 @@ rule report:
         train_reports=[f"{OUT['train_reports']}/{m}/{c}" for m in MODALITIES for c in classes(m)],
     output:
         directory(OUT["report"]),
-    params:
-        settings=lambda wc: {k: v for k, v in config.items() if k != "_meta"},
     log:
         "logs/report.log",
     benchmark:
@@ -19,8 +17,10 @@ rule report:
     conda:
         "../envs/medti.yaml"
     threads: 1
+    params:
+        settings=lambda wc: {k: v for k, v in config.items() if k != "_meta"},
     shell:
         f"medti report --params params.yaml --evaluate {OUT['evaluate']} --prepared {OUT['prepared']}"
         f" --synthetic {OUT['synthetic']} --train-reports {OUT['train_reports']}"
         f" --interpolate {OUT['interpolate']} --out {{output}}"
-        " --log {log}"
+        " --log {log} 2> {log}"

@@ -3,12 +3,9 @@
 
 rule generate:
     input:
-        embeddings=lambda wc: expand(f"{OUT['embeddings']}/{wc.modality}/{{cls}}.safetensors", cls=classes(wc.modality)),
+        embeddings=embedding_files,
     output:
         directory(f"{OUT['synthetic']}/{{modality}}"),
-    params:
-        settings=settings("generate", "base_model", "seed"),
-        embeddings=parent_of("embeddings"),
     log:
         "logs/generate/{modality}.log",
     benchmark:
@@ -17,20 +14,20 @@ rule generate:
         "../envs/medti.yaml"
     threads: 2
     resources:
-        gpu=GPU,
+        gpu=gpu("base_model"),
+    params:
+        settings=settings("generate", "base_model", "seed"),
+        embeddings=parent_of("embeddings"),
     shell:
         "medti generate --params params.yaml --modality {wildcards.modality} --embeddings {params.embeddings}"
-        " --out {output} --log {log}"
+        " --out {output} --log {log} 2> {log}"
 
 
 rule interpolate:
     input:
-        embeddings=lambda wc: expand(f"{OUT['embeddings']}/{wc.modality}/{{cls}}.safetensors", cls=classes(wc.modality)),
+        embeddings=embedding_files,
     output:
         directory(f"{OUT['interpolate']}/{{modality}}"),
-    params:
-        settings=settings("interpolate", "base_model", "seed", "generate"),
-        embeddings=parent_of("embeddings"),
     log:
         "logs/interpolate/{modality}.log",
     benchmark:
@@ -39,7 +36,10 @@ rule interpolate:
         "../envs/medti.yaml"
     threads: 2
     resources:
-        gpu=GPU,
+        gpu=gpu("base_model"),
+    params:
+        settings=settings("interpolate", "base_model", "seed", "generate"),
+        embeddings=parent_of("embeddings"),
     shell:
         "medti interpolate --params params.yaml --modality {wildcards.modality} --embeddings {params.embeddings}"
-        " --out {output} --log {log}"
+        " --out {output} --log {log} 2> {log}"

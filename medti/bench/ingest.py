@@ -1,16 +1,19 @@
 """``medti bench ingest``: files/s and peak memory of ingestion (``medti prepare``) on many small DICOMs.
 
-Writes ``--files`` single-frame 16-bit DICOMs of ``--size`` pixels (a few per subject, a window in the header,
-labels in a CSV keyed by path) into a temporary folder, then ingests them with ``--workers`` processes in a
-process of its own (the real ``medti prepare`` command), sampling the memory of that process and its workers
-every 50 ms. Ingestion streams: each worker writes its PNGs as it goes and returns metadata only, so
-peak memory stays flat as the number of files grows (compare ``--files 2500`` with ``--files 10000``).
+Writes ``--files`` single-frame 16-bit DICOMs of ``--dicom-size`` pixels (a few per subject, a window in the
+header, labels in a CSV keyed by path) into a temporary folder, then ingests them into ``--size`` px PNGs with
+``--workers`` processes in a process of its own (the real ``medti prepare`` command), sampling the memory of
+that process and its workers every 50 ms. Ingestion streams: each worker writes its PNGs as it goes and
+returns metadata only, so peak memory stays flat as the number of files grows (compare ``--files 2500``
+with ``--files 10000``).
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -19,54 +22,48 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
+import psutil
+from pydicom import dcmwrite
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian
+
+from medti.bench.system import machine
+from medti.config import check_section, schema_default
+from medti.errors import ConfigError, MedtiError
+
 CLASSES = ["normal", "opacity"]
 
 
-def add_bench_parser(bsub) -> None:
-    from medti.cliutils import add_common
-
-    p = add_common(bsub.add_parser("ingest", help="files/s and peak memory of ingesting many small DICOMs",
-                                   description=__doc__.split("\n\n")[0]), params=False)
-    p.add_argument("--files", type=int, default=10_000, help="DICOM files to write and ingest (default 10000)")
-    p.add_argument("--size", type=int, default=64, help="rows and columns of each DICOM (default 64)")
-    p.add_argument("--out-size", type=int, default=64, help="output PNG size, as prepare.size (default 64)")
-    p.add_argument("--per-subject", type=int, default=4, help="images per subject (default 4)")
-    p.add_argument("--workers", type=int, default=None, help="ingestion worker processes (default: all cores)")
-    p.add_argument("--dir", default=None, help="folder for the temporary data (default: the system's temp)")
-    p.add_argument("--keep", action="store_true", help="keep the generated DICOMs and the prepared output")
-    p.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
-    p.set_defaults(func=_bench)
-
-
-def _bench(args) -> int:
-    from medti.errors import ConfigError
-    from medti.generate.bench import machine
-
-    if args.files < 6 * args.per_subject or args.size < 8 or args.per_subject < 1:
-        raise ConfigError("--files must be at least 6 x --per-subject, --size at least 8, --per-subject at least 1")
-    workers = args.workers or os.cpu_count() or 1
-    work = Path(tempfile.mkdtemp(prefix="medti-bench-ingest-", dir=args.dir))
+def bench_ingest(files: int = 10_000, dicom_size: int = 64, size: int = schema_default("prepare.size"),
+                 per_subject: int = 4, workers: int | None = None, folder: str | os.PathLike | None = None,
+                 keep: bool = False) -> dict:
+    """Write ``files`` DICOMs of ``dicom_size`` pixels (``per_subject`` per subject) under ``folder`` (default:
+    the system's temp), ingest them into ``size`` px PNGs with ``workers`` processes (default: all cores) and
+    return the figures (``report`` prints them); ``keep`` keeps the data (its folder is the figures' ``kept``)."""
+    if files < 6 * per_subject or dicom_size < 8 or per_subject < 1:
+        raise ConfigError("--files must be at least 6 x --per-subject, --dicom-size at least 8, "
+                          "--per-subject at least 1")
+    check_section("prepare", {"size": size}, "medti bench ingest", names={"size": "--size"})
+    workers = workers or os.cpu_count() or 1
+    work = Path(tempfile.mkdtemp(prefix="medti-bench-ingest-", dir=folder))
     try:
         start = time.perf_counter()
-        write_bench_dicoms(work / "dicom", args.files, args.size, args.per_subject)
+        write_bench_dicoms(work / "dicom", files, dicom_size, per_subject)
         write_seconds = time.perf_counter() - start
         config = {"input": str(work / "dicom"), "out": str(work / "prepared"), "workers": workers,
-                  "out_size": args.out_size, "root": str(work), "files": args.files}
+                  "out_size": size, "root": str(work), "files": files}
         load_before = os.getloadavg()[0]
         result = _run_ingestion(config)
     finally:
-        if not args.keep:
+        if not keep:
             shutil.rmtree(work, ignore_errors=True)
-    summary = {"files": args.files, "size": args.size, "per_subject": args.per_subject, "workers": workers,
-               "write_seconds": write_seconds, "load_before": load_before, "machine": machine(), **result}
-    if args.keep:
+    summary = {"files": files, "dicom_size": dicom_size, "size": size, "per_subject": per_subject,
+               "workers": workers, "write_seconds": write_seconds, "load_before": load_before, "machine": machine(),
+               **result}
+    if keep:
         summary["kept"] = str(work)
-    print(report(summary))
-    if args.json:
-        from medti.atomic import write_json
-
-        write_json(args.json, summary)
-    return 0
+    return summary
 
 
 # -- the input: many small DICOMs, written fast from one template ------------------------------------------------
@@ -76,8 +73,6 @@ def write_bench_dicoms(folder: Path, n: int, size: int, per_subject: int, seed: 
     pydicom encodes one template; each file is that template with its own pixels, SOPInstanceUID and
     PatientID patched in at fixed offsets (same lengths), so writing 10,000 files takes seconds.
     """
-    import numpy as np
-
     folder.mkdir(parents=True, exist_ok=True)
     template, offsets = _template(size)
     rng = np.random.default_rng(seed)
@@ -100,13 +95,6 @@ def write_bench_dicoms(folder: Path, n: int, size: int, per_subject: int, seed: 
 
 
 def _template(size: int) -> tuple[bytes, dict[str, int]]:
-    import io
-
-    import numpy as np
-    from pydicom import dcmwrite
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian
-
     uid, patient = "2.25.1" + "0" * 37, "BENCH" + "0" * 8
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"  # digital X-ray
@@ -134,12 +122,6 @@ def _template(size: int) -> tuple[bytes, dict[str, int]]:
 def _run_ingestion(config: dict) -> dict:
     """Run ``medti prepare`` (standalone form) on the benchmark folder as its own process, sampling the memory
     of that process and its workers, and timing it (wall clock and CPU time of the whole process tree)."""
-    import resource
-
-    import psutil
-
-    from medti.errors import MedtiError
-
     folder = Path(config["input"])
     cmd = [sys.executable, "-m", "medti.cli", "prepare", "-q", "--source-type", "dicom", "--input", str(folder),
            "--labels", str(folder / "labels.csv"), "--label-key", "path", "--classes", ",".join(CLASSES),
@@ -171,8 +153,6 @@ def _run_ingestion(config: dict) -> dict:
 def _startup(env: dict) -> tuple[float, float]:
     """Seconds and peak RSS (MB) of ``medti prepare`` starting (imports, logging set-up) and stopping: a run
     that fails at once for a missing option. Run before any other child, so RUSAGE_CHILDREN's peak is its."""
-    import resource
-
     start = time.perf_counter()
     subprocess.run([sys.executable, "-m", "medti.cli", "prepare", "-q"], env=env, capture_output=True)
     seconds = time.perf_counter() - start
@@ -193,8 +173,6 @@ class MemorySampler(threading.Thread):
         self._done = threading.Event()
 
     def sample(self) -> None:
-        import psutil
-
         try:
             children = self.root.children(recursive=True)
         except psutil.Error:
@@ -229,12 +207,14 @@ class MemorySampler(threading.Thread):
 def report(s: dict) -> str:
     m = s["machine"]
     return "\n".join([
-        f"ingestion benchmark: {s['files']} DICOM files of {s['size']}x{s['size']} px ({s['per_subject']} per subject), "
-        f"medti prepare with {s['workers']} workers",
+        f"ingestion benchmark: {s['files']} DICOM files of {s['dicom_size']}x{s['dicom_size']} px "
+        f"({s['per_subject']} per subject), medti prepare with {s['workers']} workers into {s['size']} px PNGs",
         f"machine: {m['cpu']} ({m['cores']} CPU cores); load average {s['load_before']:.1f} before the run",
-        f"written in {s['write_seconds']:.1f} s; medti prepare took {s['seconds']:.1f} s: {s['files_per_s']:.0f} files/s "
+        f"written in {s['write_seconds']:.1f} s; medti prepare took {s['seconds']:.1f} s: "
+        f"{s['files_per_s']:.0f} files/s "
         f"({s['images']} images, {s['rejected']} rejected); without its {s['startup_seconds']:.1f} s start-up "
-        f"{s['files_per_s_after_startup']:.0f} files/s; CPU time (all processes) {s['cpu_ms_per_file']:.1f} ms per file",
+        f"{s['files_per_s_after_startup']:.0f} files/s; CPU time (all processes) "
+        f"{s['cpu_ms_per_file']:.1f} ms per file",
         f"peak memory: main process {s['rss_main_mb']:.0f} MB RSS (start-up alone: {s['startup_rss_mb']:.0f} MB), "
         f"largest worker {s['rss_worker_mb']:.0f} MB RSS; "
         f"all {1 + s['workers_seen']} processes together {s['pss_sum_mb']:.0f} MB PSS "

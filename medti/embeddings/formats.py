@@ -18,16 +18,20 @@ only: a pickle that would run code is refused, and nothing in it runs.
 
 from __future__ import annotations
 
-import hashlib
 import os
+import pickle
+import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from medti.atomic import atomic_path
 from medti.errors import ConfigError, ModelError
-
-if TYPE_CHECKING:
-    import torch
+from medti.hashing import sha256_of
 
 FORMAT = "medti-ti/1"
 FORMATS = ("medti", "diffusers", "a1111", "kohya")
@@ -39,7 +43,7 @@ _SUFFIXES = {"medti": (".safetensors",), "diffusers": (".safetensors", ".bin"), 
 @dataclass
 class Embedding:
     token: str
-    vectors: "torch.Tensor"  # [num_vectors, dim], float32, on the CPU
+    vectors: torch.Tensor  # [num_vectors, dim], float32, on the CPU
     metadata: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -52,25 +56,15 @@ class Embedding:
 
     def checksum(self) -> str:
         """sha256 of the token and the vectors' bytes: identifies the embedding whatever the file format."""
-        import torch
-
-        h = hashlib.sha256(self.token.encode("utf-8"))
-        h.update(self.vectors.detach().to(torch.float32).contiguous().cpu().numpy().tobytes())
-        return h.hexdigest()
+        return sha256_of([self.token, self.vectors.detach().to(torch.float32).contiguous().cpu().numpy().tobytes()])
 
 
 def _tensor(emb: Embedding):
-    import torch
-
     return emb.vectors.detach().to(torch.float32).contiguous().cpu()
 
 
 def save_embedding(emb: Embedding, path: str | os.PathLike) -> Path:
     """Write medti's safetensors file atomically."""
-    from safetensors.torch import save_file
-
-    from medti.atomic import atomic_path
-
     path = Path(path)
     meta = {str(k): str(v) for k, v in emb.metadata.items() if v is not None}
     meta.setdefault("format", FORMAT)
@@ -93,11 +87,6 @@ def infer_format(path: str | os.PathLike) -> str:
 
 def export_embedding(emb: Embedding, path: str | os.PathLike, fmt: str | None = None) -> Path:
     """Write ``emb`` atomically in ``fmt`` (medti, diffusers, a1111 or kohya; default: from the suffix)."""
-    import torch
-    from safetensors.torch import save_file
-
-    from medti.atomic import atomic_path
-
     path = Path(path)
     fmt = fmt or infer_format(path)
     if fmt not in FORMATS:
@@ -138,8 +127,6 @@ def convert_embedding(src: str | os.PathLike, dst: str | os.PathLike, fmt: str |
 
 def load_embedding(path: str | os.PathLike, token: str | None = None) -> Embedding:
     """Read any supported embedding file; ``token`` overrides the file's own token name."""
-    import torch
-
     path = Path(path)
     if not path.is_file():
         raise ModelError(f"{path}: embedding file not found")
@@ -161,8 +148,6 @@ def load_embedding(path: str | os.PathLike, token: str | None = None) -> Embeddi
 
 
 def _read_safetensors(path: Path):
-    from safetensors import safe_open
-
     try:
         with safe_open(str(path), framework="pt") as fh:
             meta = dict(fh.metadata() or {})
@@ -173,11 +158,6 @@ def _read_safetensors(path: Path):
 
 
 def _read_pickle(path: Path):
-    import pickle
-    import warnings
-
-    import torch
-
     try:
         with warnings.catch_warnings():  # a plain pickle's protocol note adds nothing to the refusal below
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
@@ -191,8 +171,6 @@ def _read_pickle(path: Path):
 
 def _unsafe_reason(message: str) -> str:
     """What a refused pickle wanted, from torch's weights_only error (e.g. the global it would call)."""
-    import re
-
     found = re.search(r"GLOBAL ([\w.]+)", message)
     if found:
         return f"the pickle would call or build {found.group(1)} (it could run code)"
@@ -201,15 +179,14 @@ def _unsafe_reason(message: str) -> str:
 
 def _parse_state(path: Path, state, meta: dict):
     """(token name, vectors, metadata found in the payload) of a loaded file."""
-    import torch
-
     if isinstance(state, torch.Tensor):
         return path.stem, state, {}
     if not isinstance(state, dict):
         raise ModelError(f"{path}: unexpected content ({type(state).__name__}), not an embedding")
     if "string_to_param" in state:  # AUTOMATIC1111
         params = state["string_to_param"]
-        if not isinstance(params, dict) or len(params) != 1 or not isinstance(next(iter(params.values())), torch.Tensor):
+        if (not isinstance(params, dict) or len(params) != 1
+                or not isinstance(next(iter(params.values())), torch.Tensor)):
             raise ModelError(f"{path}: A1111 file whose string_to_param is not one tensor")
         extra = {"source_format": "a1111"}
         if isinstance(state.get("step"), int):
@@ -231,45 +208,3 @@ def _parse_state(path: Path, state, meta: dict):
         f"{path}: cannot tell which tensor is the embedding (keys: {', '.join(list(state)[:6])}); "
         "expected one tensor, A1111 string_to_param or kohya emb_params"
     )
-
-
-def add_parser(sub) -> None:
-    """``medti embedding info`` and ``medti embedding convert``."""
-    from medti.cliutils import add_common
-
-    p = sub.add_parser("embedding", help="inspect or convert embedding files (medti, diffusers, A1111, kohya)")
-    esub = p.add_subparsers(dest="embedding_command", metavar="<action>", required=True)
-    info = add_common(esub.add_parser("info", help="print an embedding's token, shape, checksum and metadata"),
-                      params=False)
-    info.add_argument("path")
-    info.set_defaults(func=_info)
-    conv = add_common(esub.add_parser(
-        "convert", help="convert between medti, diffusers, A1111 (.pt) and kohya files",
-        description="Read any supported embedding (pickles only with torch.load(weights_only=True)) and write "
-                    "it in another tool's format. The format defaults to the one OUT's suffix suggests "
-                    "(.pt: a1111, .bin: diffusers, .safetensors: medti)."), params=False)
-    conv.add_argument("src", metavar="IN")
-    conv.add_argument("dst", metavar="OUT")
-    conv.add_argument("--format", choices=FORMATS, help="the output format")
-    conv.add_argument("--token", help="rename the token (A1111 names it after the file anyway)")
-    conv.set_defaults(func=_convert)
-
-
-def _info(args) -> int:
-    import json
-
-    emb = load_embedding(args.path)
-    print(json.dumps({"token": emb.token, "num_vectors": emb.num_vectors, "dim": emb.dim,
-                      "checksum": emb.checksum(), "bytes": Path(args.path).stat().st_size,
-                      "metadata": emb.metadata}, indent=2))
-    return 0
-
-
-def _convert(args) -> int:
-    import json
-
-    fmt = args.format or infer_format(args.dst)
-    emb = convert_embedding(args.src, args.dst, fmt, token=args.token)
-    print(json.dumps({"token": emb.token, "num_vectors": emb.num_vectors, "dim": emb.dim, "format": fmt,
-                      "checksum": emb.checksum(), "out": str(args.dst)}, indent=2))
-    return 0

@@ -12,6 +12,8 @@ Both distances are computed in two feature spaces:
 FD: ``|mu_a - mu_b|^2 + tr(S_a) + tr(S_b) - 2 tr((S_a S_b)^(1/2))``. KID: the unbiased MMD^2 with the cubic
 polynomial kernel ``(x.y / d + 1)^3``, averaged over random subsets (mean and standard deviation), as in
 Binkowski et al. 2018.
+
+:func:`image_quality` measures a synthetic set both ways; :func:`classifier_features` are the classifier's.
 """
 
 from __future__ import annotations
@@ -19,6 +21,11 @@ from __future__ import annotations
 import logging
 
 import numpy as np
+import torch
+
+from medti.classifier.networks import predict
+from medti.evaluate.settings import EvaluateSettings
+from medti.imageset import to_tensor
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +78,6 @@ def inception_features(images, batch_size: int = 64) -> np.ndarray:
 
     Raises FeaturesUnavailable naming what is missing: the package, or the weights (offline).
     """
-    import torch
-
     try:
         from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
     except ImportError as exc:
@@ -103,4 +108,44 @@ def quality_report(real_train: np.ndarray, real_test: np.ndarray, synthetic: np.
         s, r = synthetic[synthetic_labels == k], real_train[real_labels == k]
         if len(s) >= 2 and len(r) >= 2:
             out["per_class"][name] = distances(s, r, subsets, subset_size, seed)
+    return out
+
+
+def classifier_features(net, images: np.ndarray) -> np.ndarray:
+    """Penultimate-layer features of ``N x H x W x 3`` uint8 images."""
+    return predict(net, to_tensor(images), features=True)[1].numpy().astype(np.float64)
+
+
+def _subsample(n: int, limit: int, rng: np.random.Generator) -> np.ndarray:
+    return np.arange(n) if n <= limit else np.sort(rng.choice(n, limit, replace=False))
+
+
+def image_quality(real_train: np.ndarray, real_train_labels, real_test: np.ndarray, synthetic: np.ndarray,
+                  synthetic_labels, classes: list[str], features: dict[str, np.ndarray],
+                  settings: EvaluateSettings) -> dict:
+    """FD/KID in the classifier's feature space (``features``: real_train, real_test, synthetic) and, when
+    available, Inception's. At most ``max_images`` images of each set (a seeded random subset)."""
+    rng = np.random.default_rng(settings.seed)
+    pick = {"real_train": _subsample(len(real_train), settings.max_images, rng),
+            "real_test": _subsample(len(real_test), settings.max_images, rng),
+            "synthetic": _subsample(len(synthetic), settings.max_images, rng)}
+    real_labels = np.asarray(real_train_labels)[pick["real_train"]]
+    syn_labels = np.asarray(synthetic_labels)[pick["synthetic"]]
+    kid = dict(subsets=settings.kid_subsets, subset_size=settings.kid_subset_size, seed=settings.seed)
+    out = {"classifier": quality_report(features["real_train"][pick["real_train"]],
+                                        features["real_test"][pick["real_test"]],
+                                        features["synthetic"][pick["synthetic"]], real_labels, syn_labels, classes,
+                                        **kid)}
+    if settings.inception == "off":
+        out["inception"] = {"skipped": "Inception FID/KID skipped: evaluate.quality.inception is off"}
+    else:
+        try:
+            images = {name: torch.from_numpy(np.ascontiguousarray(arr[pick[name]].transpose(0, 3, 1, 2)))
+                      for name, arr in (("real_train", real_train), ("real_test", real_test), ("synthetic", synthetic))}
+            inc = {name: inception_features(x) for name, x in images.items()}
+            out["inception"] = quality_report(inc["real_train"], inc["real_test"], inc["synthetic"], real_labels,
+                                              syn_labels, classes, **kid)
+        except FeaturesUnavailable as exc:
+            out["inception"] = {"skipped": str(exc)}
+            log.warning("%s", exc)
     return out

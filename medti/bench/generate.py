@@ -14,63 +14,50 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
+
+import torch
+
+from medti.bench.system import machine
+from medti.config import check_section, schema_default
+from medti.errors import ConfigError, MedtiError
+from medti.logs import quiet_libraries
+from medti.resources import peak_rss_mb
+
+__all__ = ["bench_generate", "machine", "report"]
 
 TARGET = 2.0
 PROMPT = "a chest x-ray showing a focal opacity"
 
 
-def add_bench_parser(bsub) -> None:
-    from medti.cliutils import add_common
-
-    p = add_common(bsub.add_parser(
-        "generate", help="images/s and peak memory: medti's batched sampling vs diffusers one image at a time",
-        description=__doc__.split("\n\n")[0]), params=False)
-    p.add_argument("--base-model", default="tiny", help="tiny, random:<small|sd15|sd2>, a local folder or a cached hub id")
-    p.add_argument("--n", type=int, default=8, help="images each side draws (after one warm-up image)")
-    p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--guidance", type=float, default=7.5, help="medti's guidance (diffusers' default is 7.5)")
-    p.add_argument("--scheduler", default="dpmsolver++", help="both sides use this scheduler")
-    p.add_argument("--batch-size", type=int, default=8, help="medti's images per UNet call")
-    p.add_argument("--resolution", type=int, default=None, help="pixels (default: the model's)")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"],
-                   help="medti's precision (auto: bf16/fp16 on GPU, fp32 on CPU); diffusers keeps its fp32 default")
-    p.add_argument("--diffusers-precision", default="fp32", choices=["fp32", "fp16", "bf16"],
-                   help="diffusers' weights (default fp32, its own default; fp16 gives a stricter comparison on a GPU)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads in both processes")
-    p.add_argument("--only", choices=["medti", "diffusers"], help="run one side only")
-    p.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
-    p.set_defaults(func=_bench)
-
-
-def _bench(args) -> int:
-    from medti.errors import ConfigError
-
-    if args.n < 1 or args.steps < 1 or args.batch_size < 1:
-        raise ConfigError("--n, --steps and --batch-size must be at least 1")
-    config = {k: getattr(args, k) for k in ("base_model", "n", "steps", "guidance", "scheduler", "batch_size",
-                                            "resolution", "device", "precision", "diffusers_precision", "threads")}
-    sides = [args.only] if args.only else ["medti", "diffusers"]
+def bench_generate(*, base_model: str = "tiny", n: int = 8, steps: int = schema_default("generate.steps"),
+                   guidance: float = 7.5, scheduler: str = schema_default("generate.scheduler"), batch_size: int = 8,
+                   resolution: int | None = None, device: str = "auto", precision: str = "auto",
+                   diffusers_precision: str = "fp32", threads: int | None = None, only: str | None = None) -> dict:
+    """Run both sides (or ``only`` one), each in its own process, and return the figures: ``{"config",
+    "machine", "results": {side: ...}, "speedup"}`` (``speedup`` when both ran; ``report`` prints them)."""
+    if n < 1:
+        raise ConfigError("--n must be at least 1")
+    check_section("generate", {"steps": steps, "batch_size": batch_size, "scheduler": scheduler,
+                               "guidance": guidance, "resolution": resolution},
+                  "medti bench generate", names={"steps": "--steps", "batch_size": "--batch-size",
+                                                 "scheduler": "--scheduler", "guidance": "--guidance",
+                                                 "resolution": "--resolution"})
+    config = {"base_model": base_model, "n": n, "steps": steps, "guidance": guidance, "scheduler": scheduler,
+              "batch_size": batch_size, "resolution": resolution, "device": device, "precision": precision,
+              "diffusers_precision": diffusers_precision, "threads": threads}
+    sides = [only] if only else ["medti", "diffusers"]
     results = {side: _run_worker(side, config) for side in sides}
     summary = {"config": config, "machine": machine(), "results": results}
     if len(results) == 2:
         summary["speedup"] = results["medti"]["images_per_s"] / results["diffusers"]["images_per_s"]
-    print(report(summary))
-    if args.json:
-        from medti.atomic import write_json
-
-        write_json(args.json, summary)
-    return 0
+    return summary
 
 
 def _run_worker(side: str, config: dict) -> dict:
-    from medti.errors import MedtiError
-
-    cmd = [sys.executable, "-m", "medti.generate.bench", side, json.dumps(config)]
+    cmd = [sys.executable, "-m", "medti.bench.generate", side, json.dumps(config)]
     # Idle OpenMP threads sleep (both sides alike): spinning ones distort timings on a shared CPU.
     env = os.environ | {"MEDTI_PROGRESS": "0", "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -79,19 +66,6 @@ def _run_worker(side: str, config: dict) -> dict:
         detail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
         raise MedtiError(f"bench generate: the {side} run failed: {detail}")
     return json.loads(lines[-1])
-
-
-def machine() -> dict:
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            cpu = next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")), cpu)
-    except OSError:
-        pass
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    return {"cpu": cpu, "cores": os.cpu_count(), "gpu": gpu, "torch": torch.__version__}
 
 
 def report(summary: dict) -> str:
@@ -114,11 +88,6 @@ def report(summary: dict) -> str:
 
 # -- the two sides, each in its own process -------------------------------------------------------------------
 def _worker(side: str, config: dict) -> dict:
-    import torch
-
-    from medti.bench import peak_rss_mb
-    from medti.logs import quiet_libraries
-
     quiet_libraries()
     if config.get("threads"):
         torch.set_num_threads(int(config["threads"]))
@@ -141,6 +110,7 @@ def _worker(side: str, config: dict) -> dict:
             "threads": torch.get_num_threads()}
 
 
+# Each side imports only what it runs, so that its process's peak memory is its own.
 def _medti(config: dict):
     from medti.generate.jobs import Runtime
     from medti.generate.sampling import Sampler
@@ -158,7 +128,6 @@ def _medti(config: dict):
 
 
 def _diffusers(config: dict):
-    import torch
     from diffusers import StableDiffusionPipeline
 
     from medti.generate.schedulers import make_scheduler

@@ -8,15 +8,27 @@ the file, not a shape error deep inside the UNet.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from medti.embeddings import Embedding, load_embedding
 from medti.errors import ModelError
-from medti.models.token_embedding import (TokenInVocabulary, add_placeholder, install_extended_embedding,
-                                          placeholder_tokens)
+from medti.models.token_embedding import (
+    TokenInVocabulary,
+    add_placeholder,
+    install_extended_embedding,
+    placeholder_tokens,
+)
+
+if TYPE_CHECKING:
+    from medti.models.loading import BaseModel
+
+# What install_embeddings takes: a file (``PATH`` or ``TOKEN=PATH``), a (token, file) pair or an Embedding.
+EmbeddingSource = str | os.PathLike | tuple[str | None, str | os.PathLike] | Embedding
 
 
 @dataclass(frozen=True)
@@ -35,7 +47,7 @@ def parse_embedding_arg(value: str) -> tuple[str | None, Path]:
     return None, Path(value)
 
 
-def check_fits(model, emb: Embedding, source: str) -> None:
+def check_fits(model: BaseModel, emb: Embedding, source: str) -> None:
     """Raise ModelError naming ``source`` when ``emb`` was made for another base model."""
     if emb.dim != model.embedding_dim:
         raise ModelError(f"{source}: embedding width {emb.dim} does not match base model '{model.model_id}' "
@@ -49,7 +61,7 @@ def check_fits(model, emb: Embedding, source: str) -> None:
                          f"base model '{model.model_id}' has {have}")
 
 
-def installed_vectors(text_encoder, token: str) -> torch.Tensor | None:
+def installed_vectors(text_encoder: torch.nn.Module, token: str) -> torch.Tensor | None:
     """The vectors installed for ``token`` in ``text_encoder``, or None."""
     if token not in placeholder_tokens(text_encoder):
         return None
@@ -62,7 +74,7 @@ def installed_vectors(text_encoder, token: str) -> torch.Tensor | None:
     return None
 
 
-def install_embeddings(model, sources) -> list[InstalledEmbedding]:
+def install_embeddings(model: BaseModel, sources: Iterable[EmbeddingSource]) -> list[InstalledEmbedding]:
     """Load and install embeddings (paths, ``(token, path)`` pairs or Embedding objects) into ``model``.
 
     Installing the same vectors under the same token again is a no-op; other vectors under a token that is
@@ -84,7 +96,8 @@ def install_embeddings(model, sources) -> list[InstalledEmbedding]:
                 add_placeholder(model.tokenizer, model.text_encoder, emb.token, emb.vectors)
             except TokenInVocabulary:
                 raise ModelError(f"{where}: token '{emb.token}' is a word the base model already knows: "
-                                 f"give it another name with TOKEN=PATH (e.g. '<{emb.token}>={path or 'FILE'}')") from None
+                                 "give it another name with TOKEN=PATH "
+                                 f"(e.g. '<{emb.token}>={path or 'FILE'}')") from None
         elif existing.shape != emb.vectors.shape or not torch.equal(existing, emb.vectors):
             raise ModelError(f"{where}: token '{emb.token}' is already loaded with other vectors")
         out.append(InstalledEmbedding(emb.token, emb.num_vectors, emb.checksum(), path))

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import re
+
 import pydicom
 import pytest
 from preprocess_support import manifest, run_prepare
 
+from medti.bench.ingest import CLASSES, bench_ingest, write_bench_dicoms
 from medti.cli import main
-from medti.preprocess.bench import CLASSES, write_bench_dicoms
+from medti.errors import ConfigError
 
 
 def test_the_fast_writer_makes_valid_distinct_dicoms_that_ingest(tmp_path):
@@ -28,8 +31,17 @@ def test_the_fast_writer_makes_valid_distinct_dicoms_that_ingest(tmp_path):
 
 @pytest.mark.slow
 def test_the_benchmark_prints_its_figures(tmp_path, capsys):
-    assert main(["bench", "ingest", "--files", "60", "--size", "16", "--workers", "2", "--dir", str(tmp_path),
+    assert main(["bench", "ingest", "--files", "60", "--dicom-size", "16", "--size", "16", "--workers", "2",
+                 "--dir", str(tmp_path),
                  "--json", str(tmp_path / "figures.json")]) == 0
     printed = capsys.readouterr().out
     assert "files/s" in printed and "peak memory" in printed and "60 images, 0 rejected" in printed
     assert [p.name for p in tmp_path.iterdir()] == ["figures.json"]  # the data is removed afterwards
+
+
+@pytest.mark.parametrize("settings, message", [({"size": 4}, "--size: 4 is less than the minimum of 8"),
+                                               ({"files": 10}, "--files must be at least 6 x --per-subject")])
+def test_bad_settings_fail_before_anything_is_written(tmp_path, settings, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        bench_ingest(folder=tmp_path, **settings)
+    assert not any(tmp_path.iterdir())

@@ -9,6 +9,7 @@ testing always use the real ``val`` and ``test`` splits, whatever the condition.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +17,9 @@ import numpy as np
 import pandas as pd
 
 from medti.errors import ConfigError, InputError
+from medti.evaluate.statistics import require_classes
+from medti.imageset import read_manifest_images, to_tensor
+from medti.manifest import read_manifest
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +28,7 @@ log = logging.getLogger(__name__)
 class Split:
     """One split in memory: uint8 images ``N x 3 x H x W``, integer labels and an id per image."""
 
-    images: "object"   # torch.Tensor (kept untyped so this module imports without torch)
+    images: object   # torch.Tensor (kept untyped so this module imports without torch)
     labels: np.ndarray
     ids: list[str]
 
@@ -123,10 +127,8 @@ def stratified_subset(df: pd.DataFrame, count: int | None, rng: np.random.Genera
     return pd.concat(parts) if parts else df.iloc[:0]
 
 
-def read_rows(path, modality: str | None) -> pd.DataFrame:
+def read_rows(path: str | os.PathLike, modality: str | None) -> pd.DataFrame:
     """A manifest's rows (of one modality), ``path`` absolute and ``rel`` as written in the manifest."""
-    from medti.manifest import read_manifest
-
     path = Path(path)
     df = read_manifest(path, absolute=False)
     if modality is not None:
@@ -138,18 +140,15 @@ def read_rows(path, modality: str | None) -> pd.DataFrame:
 
 
 def _split(df: pd.DataFrame, ids: list[str], size: int) -> Split:
-    from medti.imageset import load_images, to_tensor
-
-    return Split(images=to_tensor(load_images(list(df["path"]), size=size)),
+    return Split(images=to_tensor(read_manifest_images(list(df["path"]), size=size)),
                  labels=np.array(df["label"], dtype=np.int64), ids=ids)
 
 
-def load_experiment(real_manifest, synthetic_manifest=None, *, real_count: int | None = None,
-                    synthetic_count: int | None = 0, modality: str | None = None, classes: list[str] | None = None,
-                    size: int = 64, seed: int = 0, setting: str = "condition") -> ExperimentData:
+def load_experiment(real_manifest: str | os.PathLike, synthetic_manifest: str | os.PathLike | None = None, *,
+                    real_count: int | None = None, synthetic_count: int | None = 0, modality: str | None = None,
+                    classes: list[str] | None = None, size: int = 64, seed: int = 0,
+                    setting: str = "condition") -> ExperimentData:
     """Check and read the images of one experiment. ``setting`` names the condition in error messages."""
-    from medti.stats import require_classes
-
     real_manifest = Path(real_manifest)
     real = read_rows(real_manifest, modality)
     classes = task_classes(real, str(real_manifest), classes)

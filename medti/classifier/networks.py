@@ -8,9 +8,11 @@ Inputs are always normalised with the ImageNet mean and standard deviation, so b
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass
 
 import torch
+from monai.networks.nets import DenseNet121, ResNet
 from torch import nn
 
 from medti.errors import ConfigError, ModelError
@@ -42,7 +44,7 @@ class NetworkSpec:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "NetworkSpec":
+    def from_dict(cls, d: dict) -> NetworkSpec:
         return cls(arch=d["arch"], num_classes=int(d["num_classes"]), width=float(d["width"]),
                    size=int(d["size"]), classes=tuple(d.get("classes", ())))
 
@@ -58,15 +60,11 @@ def build_network(spec: NetworkSpec, pretrained: bool = False) -> nn.Module:
         if spec.width != 1.0:
             raise ConfigError(f"classifier.width: ImageNet weights exist for width 1.0 only, not {spec.width}")
     if spec.arch in RESNET_LAYERS:
-        from monai.networks.nets import ResNet
-
         # The torchvision layout: 7x7 stride-2 stem, max pool, type-B shortcuts without a bias.
         net = ResNet(block="basic", layers=RESNET_LAYERS[spec.arch], block_inplanes=[64, 128, 256, 512],
                      spatial_dims=2, n_input_channels=3, conv1_t_size=7, conv1_t_stride=2, shortcut_type="B",
                      widen_factor=spec.width, num_classes=spec.num_classes, bias_downsample=False)
     else:
-        from monai.networks.nets import DenseNet121
-
         net = DenseNet121(spatial_dims=2, in_channels=3, out_channels=spec.num_classes,
                           init_features=max(1, round(64 * spec.width)), growth_rate=max(1, round(32 * spec.width)))
     if pretrained:
@@ -98,8 +96,6 @@ def _load_imagenet(net: nn.Module, arch: str) -> None:
 
 def _densenet_keys(state: dict) -> dict:
     """torchvision DenseNet names (``denselayer1.norm1``) -> MONAI's (``denselayer1.layers.norm1``)."""
-    import re
-
     pattern = re.compile(r"^(.*denselayer\d+)\.((?:norm|relu|conv)[12]\.(?:weight|bias|running_mean|running_var))$")
     out = {}
     for key, value in state.items():

@@ -5,7 +5,8 @@ its description (no code copied): the placeholder's rows are added to the tokeni
 embedding matrix is resized and trained (AdamW state for every row), the rest frozen; after each step every
 other row is restored from a copy; every batch goes through the VAE encoder again; the text encoder runs
 once per image. To be kind to the baseline, its images are decoded once up front (the script reads and
-resizes them in its data loader on every step). ``--diffusers-script PATH`` runs the real script instead.
+resizes them in its data loader on every step). ``--diffusers-script PATH`` runs the real script instead
+(inside :mod:`medti.bench.diffusers_script`).
 
 Each (model, method) runs in a fresh subprocess, so that one's memory never counts against another.
 Peak memory is the CUDA maximum allocated on a GPU; on a CPU it is the peak resident set size of the
@@ -18,14 +19,33 @@ keeps them to minutes).
 
 from __future__ import annotations
 
-import argparse
+import contextlib
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers.optimization import get_scheduler
+from PIL import Image
+
+from medti.bench.diffusers_script import SCRIPT_REPORT, SCRIPT_THREADS, SCRIPT_WARMUP
+from medti.bench.system import machine_description, reset_rss_peak
+from medti.config import check_section, schema_default
+from medti.errors import ConfigError, MedtiError
+from medti.models.architectures import get_architecture
+from medti.models.loading import build_random_model, resolve_device, resolve_dtype, tiny_model_path
+from medti.models.token_embedding import vector_tokens
+from medti.resources import peak_rss_mb
+from medti.textual_inversion.settings import TrainSettings
+from medti.textual_inversion.trainer import EmbeddingTrainer
+from medti.toydata import draw_shapes
 
 ARCHS = ("tiny", "small", "sd15", "sd2")
 CPU_DEFAULT, GPU_DEFAULT = ("tiny", "small"), ARCHS
@@ -33,58 +53,40 @@ METHODS = ("medti", "baseline")
 TOKEN, INIT_WORD = "<bench>", "disc"
 
 
-def add_bench_parser(bsub) -> None:
-    p = bsub.add_parser("train", help="embedding training: medti vs a diffusers-example baseline (steps/s, memory)",
-                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--models", nargs="+", choices=ARCHS, metavar="ARCH",
-                   help=f"architectures ({', '.join(ARCHS)}; default: {' '.join(CPU_DEFAULT)} on a CPU, all on a GPU)")
-    p.add_argument("--resolution", type=int, help="training size in px (default: each model's own: 64/256/512/512)")
-    p.add_argument("--steps", type=int, default=20, help="timed optimiser steps (default 20)")
-    p.add_argument("--warmup", type=int, default=3, help="untimed steps first (default 3)")
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--num-vectors", type=int, default=8)
-    p.add_argument("--images", type=int, default=16, help="training images (default 16)")
-    p.add_argument("--repeats", type=int, default=1, help="runs per model and method, alternating; the best counts")
-    p.add_argument("--no-baseline", action="store_true", help="measure medti only")
-    p.add_argument("--diffusers-script", metavar="PATH",
-                   help="run diffusers' examples/textual_inversion/textual_inversion.py as the baseline (needs "
-                        "accelerate: pip install medti[bench]; it runs unchanged, its UNet passes timed after the "
-                        "warm-up; where torchvision is missing its one transform is stood in for)")
-    p.add_argument("--script-args", default="", help="extra arguments for --diffusers-script, as one string")
-    p.add_argument("--gradient-checkpointing", action="store_true", help="for medti")
-    p.add_argument("--compile", action="store_true", help="for medti: torch.compile the UNet (warm-up steps compile)")
-    p.add_argument("--compile-memory-budget", type=float, default=1.0, metavar="FRACTION",
-                   help="for medti with --compile: fraction of activations kept for the backward pass (default 1)")
-    p.add_argument("--channels-last", action="store_true", help="for medti: UNet in channels-last memory format")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"])
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's own)")
-    p.add_argument("--json", metavar="FILE", help="also write every figure to FILE")
-    p.set_defaults(func=run)
-
-
-def run(args) -> int:
-    import torch
-
-    from medti.models.loading import resolve_device
-
-    device = resolve_device(args.device)
-    models = args.models or (GPU_DEFAULT if device.type == "cuda" else CPU_DEFAULT)
-    methods = ["medti"] + ([] if args.no_baseline else ["script" if args.diffusers_script else "baseline"])
-    job = {k: getattr(args, k) for k in ("resolution", "steps", "warmup", "batch_size", "num_vectors", "images",
-                                         "gradient_checkpointing", "compile", "compile_memory_budget", "channels_last",
-                                         "device", "precision", "threads", "diffusers_script", "script_args")}
-    machine = machine_description(device)
-    if device.type != "cuda" and {"sd15", "sd2"} & set(models) and not args.resolution:
+def bench_train(*, models: list[str] | None = None, resolution: int | None = None, steps: int = 20, warmup: int = 3,
+                batch_size: int = schema_default("train_embedding.batch_size"),
+                num_vectors: int = schema_default("train_embedding.num_vectors"), num_images: int = 16,
+                repeats: int = 1, baseline: bool = True, diffusers_script: str | None = None, script_args: str = "",
+                gradient_checkpointing: bool = False, compile: bool = False,
+                compile_memory_budget: float = schema_default("train_embedding.compile_memory_budget"),
+                channels_last: bool = False, device: str = "auto", precision: str = "auto",
+                threads: int | None = None) -> dict:
+    """Measure medti's training against the baseline (or ``diffusers_script``; neither without ``baseline``) on
+    each of ``models`` (default: tiny and small on a CPU, all on a GPU), each (model, method) ``repeats`` times
+    in a fresh subprocess, the fastest run counting; print a row per result and return ``{"machine",
+    "settings", "results"}``."""
+    check_section("train_embedding", {"batch_size": batch_size, "num_vectors": num_vectors, "resolution": resolution,
+                                      "compile_memory_budget": compile_memory_budget}, "medti bench train",
+                  names={"batch_size": "--batch-size", "num_vectors": "--num-vectors", "resolution": "--resolution",
+                         "compile_memory_budget": "--compile-memory-budget"})
+    torch_device = resolve_device(device)
+    models = models or list(GPU_DEFAULT if torch_device.type == "cuda" else CPU_DEFAULT)
+    methods = ["medti"] + ([] if not baseline else ["script" if diffusers_script else "baseline"])
+    job = {"resolution": resolution, "steps": steps, "warmup": warmup, "batch_size": batch_size,
+           "num_vectors": num_vectors, "images": num_images, "gradient_checkpointing": gradient_checkpointing,
+           "compile": compile, "compile_memory_budget": compile_memory_budget, "channels_last": channels_last,
+           "device": device, "precision": precision, "threads": threads, "diffusers_script": diffusers_script,
+           "script_args": script_args}
+    machine = machine_description(torch_device)
+    if torch_device.type != "cuda" and {"sd15", "sd2"} & set(models) and not resolution:
         print("note: SD 1.5/2.0 at 512 px on a CPU take minutes per step; --resolution 256 --steps 3 is quicker",
               flush=True)
-    threads = args.threads or torch.get_num_threads()
-    print(f"medti bench train on {machine}; batch {args.batch_size}, {args.num_vectors} vectors, {args.images} "
-          f"images, {args.steps} timed steps after {args.warmup}; threads {threads}", flush=True)
+    print(f"medti bench train on {machine}; batch {batch_size}, {num_vectors} vectors, {num_images} "
+          f"images, {steps} timed steps after {warmup}; threads {threads or torch.get_num_threads()}", flush=True)
     results = []
     for arch in models:
         best: dict[str, dict] = {}
-        for _ in range(args.repeats):
+        for _ in range(repeats):
             for method in methods:
                 r = measure_in_subprocess({**job, "arch": arch, "method": method})
                 if method not in best or r["steps_per_s"] > best[method]["steps_per_s"]:
@@ -97,32 +99,7 @@ def run(args) -> int:
             ratio = m["peak_mb"] / b["peak_mb"] if b.get("peak_mb") else float("nan")
             print(f"  {arch}: medti speed-up x{m['steps_per_s'] / b['steps_per_s']:.2f}, "
                   f"peak memory ratio {ratio:.2f} (medti / baseline)", flush=True)
-    if args.json:
-        from medti.atomic import write_json
-
-        write_json(args.json, {"machine": machine, "settings": job, "results": results})
-    return 0
-
-
-def machine_description(device) -> str:
-    import platform
-
-    import torch
-
-    if device.type == "cuda":
-        return f"{torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda}, torch {torch.__version__})"
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import psutil
-
-    return (f"{cpu}, {os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB, "
-            f"torch {torch.__version__} (CPU)")
+    return {"machine": machine, "settings": job, "results": results}
 
 
 def format_row(r: dict) -> str:
@@ -133,12 +110,10 @@ def format_row(r: dict) -> str:
 
 
 def measure_in_subprocess(job: dict) -> dict:
-    cmd = [sys.executable, "-m", "medti.textual_inversion.bench", json.dumps(job)]
+    cmd = [sys.executable, "-m", "medti.bench.train", json.dumps(job)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     if proc.returncode != 0 or not lines:
-        from medti.errors import MedtiError
-
         tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
         raise MedtiError(f"bench train: {job['arch']}/{job['method']} failed: {tail}")
     return json.loads(lines[-1])
@@ -147,10 +122,6 @@ def measure_in_subprocess(job: dict) -> dict:
 # -- the worker: one model, one method, in its own process -----------------------------------------------------
 
 def worker(job: dict) -> dict:
-    import torch
-
-    from medti.models.loading import build_random_model, resolve_device, resolve_dtype
-
     if job.get("threads"):
         torch.set_num_threads(job["threads"])
     device = resolve_device(job["device"])
@@ -184,11 +155,6 @@ def worker(job: dict) -> dict:
 
 def bench_images(n: int, resolution: int):
     """``n`` uint8 RGB images ``[n, 3, R, R]``: alternating discs and rings."""
-    import numpy as np
-    import torch
-
-    from medti.toydata import draw_shapes
-
     grey = np.concatenate([draw_shapes("disc", (n + 1) // 2, 0, resolution),
                            draw_shapes("ring", n // 2, 1, resolution)])
     return torch.from_numpy(grey).unsqueeze(1).expand(-1, 3, -1, -1).contiguous()
@@ -196,43 +162,18 @@ def bench_images(n: int, resolution: int):
 
 def reset_peak_memory(device) -> dict:
     """Start measuring the training phase's peak; return what the process held and peaked at before it."""
-    import torch
-
-    from medti.bench import peak_rss_mb
-
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
         return {"start_mb": round(torch.cuda.memory_allocated(device) / 2**20, 1)}
     before = {"build_peak_mb": round(peak_rss_mb(), 1)}
-    start = _reset_rss_peak()
+    start = reset_rss_peak()
     if start is not None:
         before["start_mb"] = start
     return before
 
 
-def _reset_rss_peak() -> float | None:
-    """Reset this process's peak RSS (VmHWM, and ru_maxrss, on Linux), so that from here on it is the peak of
-    what follows; return the RSS now (MB), or None where it cannot be reset."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return round(_proc_status_mb("VmRSS"), 1)
-    except OSError:
-        return None
-
-
-def _proc_status_mb(key: str) -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1]) / 1024
-    raise OSError(f"{key} not in /proc/self/status")
-
-
 def peak_memory(device, before: dict) -> dict:
-    import torch
-
-    from medti.bench import peak_rss_mb
-
     if device.type == "cuda":
         return {"peak_mb": round(torch.cuda.max_memory_allocated(device) / 2**20, 1), **before,
                 "memory": "CUDA max allocated during training"}
@@ -245,9 +186,6 @@ class MedtiRunner:
     """medti's trainer, exactly as ``medti train-embedding`` runs it (without files or tracking)."""
 
     def __init__(self, model, job, images, device, dtype):
-        from medti.textual_inversion.settings import TrainSettings
-        from medti.textual_inversion.trainer import EmbeddingTrainer
-
         settings = TrainSettings(token=TOKEN, init_words=INIT_WORD, num_vectors=job["num_vectors"],
                                  steps=job["warmup"] + job["steps"], batch_size=job["batch_size"],
                                  validation_images=0, gradient_checkpointing=job["gradient_checkpointing"],
@@ -255,8 +193,6 @@ class MedtiRunner:
                                  compile_memory_budget=float(job.get("compile_memory_budget") or 1.0),
                                  warmup_steps=0).validate()
         if job.get("channels_last"):
-            import torch
-
             model.unet.to(memory_format=torch.channels_last)
         self.trainer = EmbeddingTrainer(model, settings, images, device, dtype)
         self.device = device
@@ -275,11 +211,6 @@ class BaselineRunner:
     encoder, whose embedding matrix trains, stays fp32 under autocast."""
 
     def __init__(self, model, job, images, device, dtype):
-        import torch
-        from diffusers.optimization import get_scheduler
-
-        from medti.models.token_embedding import vector_tokens
-
         self.device, self.dtype = device, dtype
         self.batch_size = job["batch_size"]
         self.tokenizer, self.text_encoder = model.tokenizer, model.text_encoder
@@ -310,18 +241,11 @@ class BaselineRunner:
         self.step_index = 0
 
     def _autocast(self):
-        import contextlib
-
-        import torch
-
         if self.device.type == "cuda" and self.dtype != torch.float32:
             return torch.autocast("cuda", dtype=self.dtype)
         return contextlib.nullcontext()
 
     def step(self) -> None:
-        import torch
-        import torch.nn.functional as F
-
         n = self.pixels.shape[0]
         pick = torch.arange(self.step_index * self.batch_size, (self.step_index + 1) * self.batch_size) % n
         self.step_index += 1
@@ -355,20 +279,11 @@ class BaselineRunner:
 def run_diffusers_script(job: dict, device) -> dict:
     """Run the real example script once for ``warmup + steps`` steps on the same architecture and images.
 
-    The script runs inside ``run_script`` (this module with ``--run-script``), which stamps the start of every
+    The script runs inside :func:`medti.bench.diffusers_script.run_script`, which stamps the start of every
     UNet forward pass (one per training step; the script waits for each step's loss, so host stamps follow
     the device) and reports steps/s over the steps after the warm-up, and the CUDA peak, at exit. Start-up and
     model loading stay out of the rate. On a CPU peak memory is the child's peak RSS."""
-    import resource
-
-    from PIL import Image
-
-    from medti.models.architectures import get_architecture
-    from medti.models.loading import tiny_model_path
-
     if not Path(job["diffusers_script"]).is_file():
-        from medti.errors import ConfigError
-
         raise ConfigError(f"--diffusers-script {job['diffusers_script']}: no such file")
     resolution = job["resolution"] or get_architecture(job["arch"]).resolution
     folder = tiny_model_path(job["arch"])  # built into medti's cache once (on the GPU where there is one)
@@ -378,7 +293,7 @@ def run_diffusers_script(job: dict, device) -> dict:
         for i, img in enumerate(bench_images(job["images"], resolution)):
             Image.fromarray(img[0].numpy()).save(data / f"{i:03d}.png")
         steps = job["warmup"] + job["steps"]
-        cmd = [sys.executable, "-m", "medti.textual_inversion.bench", "--run-script", job["diffusers_script"],
+        cmd = [sys.executable, "-m", "medti.bench.diffusers_script", job["diffusers_script"],
                "--pretrained_model_name_or_path", str(folder),
                "--train_data_dir", str(data), "--placeholder_token", TOKEN, "--initializer_token", INIT_WORD,
                "--num_vectors", str(job["num_vectors"]), "--resolution", str(resolution),
@@ -391,8 +306,6 @@ def run_diffusers_script(job: dict, device) -> dict:
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
         wall = time.perf_counter() - t0
-    from medti.errors import MedtiError
-
     if proc.returncode != 0:
         raise MedtiError(f"{job['diffusers_script']} failed: {(proc.stderr.strip().splitlines() or [''])[-1]}")
     reports = [json.loads(line.split(" ", 1)[1]) for line in proc.stderr.splitlines() if line.startswith(SCRIPT_REPORT)]
@@ -414,81 +327,5 @@ def run_diffusers_script(job: dict, device) -> dict:
             "peak_mb": round(peak, 1) if peak is not None else None, "memory": memory, **start}
 
 
-SCRIPT_REPORT, SCRIPT_WARMUP, SCRIPT_THREADS = "MEDTI_SCRIPT_REPORT", "MEDTI_SCRIPT_WARMUP", "MEDTI_SCRIPT_THREADS"
-
-
-def _torchvision_stand_in() -> None:
-    """Where torchvision is missing (a CPU machine of this project: its wheels pull a CUDA torch), give the
-    script the one thing it takes from it, ``transforms.RandomHorizontalFlip`` on a PIL image."""
-    import importlib.machinery
-    import types
-
-    import torch
-    from PIL import Image
-
-    class RandomHorizontalFlip:
-        def __init__(self, p: float = 0.5):
-            self.p = p
-
-        def __call__(self, img):  # one draw from torch's generator per image, as torchvision's does
-            return img.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if torch.rand(1) < self.p else img
-
-    transforms = types.ModuleType("torchvision.transforms")
-    transforms.RandomHorizontalFlip = RandomHorizontalFlip
-    torchvision = types.ModuleType("torchvision")
-    torchvision.transforms = transforms
-    for module in (torchvision, transforms):  # so that find_spec() of them answers, as for real modules
-        module.__spec__ = importlib.machinery.ModuleSpec(module.__name__, None)
-    sys.modules.update({"torchvision": torchvision, "torchvision.transforms": transforms})
-
-
-def run_script(script: str, argv: list[str]) -> None:
-    """Run ``script`` as ``python script argv...`` would, stamping each UNet forward pass; at exit print the
-    steps/s after ``$MEDTI_SCRIPT_WARMUP`` passes and the CUDA peak (on a CPU: the peak RSS from the first
-    training step on, as medti's side measures its training phase) to stderr (one JSON line)."""
-    import atexit
-    import importlib.util
-    import runpy
-
-    import torch
-    from diffusers import UNet2DConditionModel
-
-    if os.environ.get(SCRIPT_THREADS):
-        torch.set_num_threads(int(os.environ[SCRIPT_THREADS]))
-    if importlib.util.find_spec("torchvision") is None:
-        _torchvision_stand_in()
-    stamps: list[float] = []
-    rss: dict[str, float] = {}
-    forward = UNet2DConditionModel.forward
-
-    def stamped_forward(self, *args, **kwargs):
-        if not stamps and not (torch.cuda.is_available() and torch.cuda.is_initialized()):
-            start = _reset_rss_peak()  # the models are loaded: from here on, the training phase's peak
-            if start is not None:
-                rss["rss_start_mb"] = start
-        stamps.append(time.perf_counter())
-        return forward(self, *args, **kwargs)
-
-    def report() -> None:
-        warmup = int(os.environ.get(SCRIPT_WARMUP, "0"))
-        out = {"unet_calls": len(stamps), "timed_steps": 0, "steps_per_s": None, "cuda_peak_mb": None}
-        if len(stamps) > warmup + 1:  # the last stamp opens the last step: time up to it, count the steps between
-            out["timed_steps"] = len(stamps) - 1 - warmup
-            out["steps_per_s"] = out["timed_steps"] / (stamps[-1] - stamps[warmup])
-        if torch.cuda.is_available() and torch.cuda.is_initialized():
-            out["cuda_peak_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
-        elif rss:
-            out.update(rss, rss_peak_mb=round(_proc_status_mb("VmHWM"), 1))
-        print(f"{SCRIPT_REPORT} {json.dumps(out)}", file=sys.stderr, flush=True)
-
-    UNet2DConditionModel.forward = stamped_forward
-    atexit.register(report)
-    sys.argv = [script, *argv]
-    runpy.run_path(script, run_name="__main__")
-
-
 if __name__ == "__main__":
-    if sys.argv[1] == "--run-script":
-        run_script(sys.argv[2], sys.argv[3:])
-    else:
-        print(json.dumps(worker(json.loads(sys.argv[1]))), flush=True)
+    print(json.dumps(worker(json.loads(sys.argv[1]))), flush=True)

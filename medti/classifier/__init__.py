@@ -1,0 +1,63 @@
+"""Diagnostic classifiers trained on real, real + synthetic or synthetic images (``medti train-classifier``).
+
+The protocol follows the paper: a fixed number of Adam steps (lr 1e-4, batch 32) with augmentation (small
+random rotations, scaling, shifts, brightness and contrast changes; no flips, anatomy is lateralised), the
+validation AUROC every ``eval_every`` steps, the weights of the best validation AUROC kept, and the test AUC
+measured once, on the held-out real test split only. Everything random (initial weights, the subset drawn
+for a count, batches, augmentation) follows the seed, so a run on the CPU is reproducible. A checkpoint every
+``checkpoint_every`` steps (``.medti/checkpoints/classifier/...``) lets a killed run, started again with the
+same command, resume and end with the same weights as an uninterrupted one.
+
+A run's folder (it appears whole or not at all): model.pt (the best weights, a plain state_dict), model.json
+(how to rebuild the network), metrics.json, predictions.csv (test images: id, label, class probabilities),
+history.csv and curves.png (training loss and validation AUROC), roc.png, confusion.png and confusion.csv
+(test set).
+
+Python API (imported lazily, so ``import medti.classifier`` loads no torch)::
+
+    from medti.classifier import ClassifierSettings, train_classifier, train_from_params, load_classifier
+
+    result = train_classifier("data/prepared/chest_xray/manifest.csv", "runs/real/seed0",
+                              settings=ClassifierSettings(steps=500), seed=0)        # all real images
+    result.metrics["test_auc"]
+    train_from_params(params, "chest_xray", "real_synthetic", 0, real, synthetic, out)  # as the pipeline does
+    net, spec = load_classifier("runs/real/seed0")
+
+Parts: :mod:`~medti.classifier.settings` (ClassifierSettings), :mod:`~medti.classifier.data` (the images of
+an experiment), :mod:`~medti.classifier.networks` (MONAI networks, prediction),
+:mod:`~medti.classifier.training` (fit, train_classifier), :mod:`~medti.classifier.outputs` (the run's files
+and figures), :mod:`~medti.classifier.cli` (the command).
+"""
+
+from medti.lazy import lazy_exports
+
+__all__ = [
+    "BatchOrder",
+    "ClassifierResult",
+    "ClassifierSettings",
+    "ExperimentData",
+    "NetworkSpec",
+    "Split",
+    "build_network",
+    "check_same_labels",
+    "condition_counts",
+    "confusion",
+    "fit",
+    "load_classifier",
+    "load_experiment",
+    "parse_count",
+    "predict",
+    "read_rows",
+    "task_classes",
+    "train_classifier",
+    "train_from_params",
+]
+__getattr__, __dir__ = lazy_exports(__name__, {
+    **dict.fromkeys(["ClassifierSettings"], "settings"),
+    **dict.fromkeys(["BatchOrder", "ClassifierResult", "fit", "load_classifier", "train_classifier",
+                     "train_from_params"], "training"),
+    **dict.fromkeys(["ExperimentData", "Split", "check_same_labels", "condition_counts", "load_experiment",
+                     "parse_count", "read_rows", "task_classes"], "data"),
+    **dict.fromkeys(["NetworkSpec", "build_network", "predict"], "networks"),
+    **dict.fromkeys(["confusion"], "outputs"),
+})

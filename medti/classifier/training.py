@@ -1,0 +1,272 @@
+"""Training one diagnostic classifier: the protocol of :mod:`medti.classifier`, its checkpoints and outputs.
+
+A fixed number of Adam steps with augmentation (:func:`augment`), batches in a resumable order
+(:class:`BatchOrder`), the validation AUROC every ``eval_every`` steps and the best weights kept (:func:`fit`),
+then one test on the held-out real test split (:func:`train_classifier`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from medti.atomic import atomic_dir, sweep_stale_temporaries
+from medti.checkpoint import CheckpointStore, checkpoint_dir_for, fingerprint
+from medti.classifier.data import ExperimentData, condition_counts, load_experiment
+from medti.classifier.networks import NetworkSpec, build_network, predict, standardise
+from medti.classifier.outputs import write_outputs
+from medti.classifier.settings import ClassifierSettings
+from medti.config import modality as modality_of
+from medti.config import stage
+from medti.errors import InputError, TrainingError
+from medti.evaluate.statistics import auc
+from medti.hashing import sha256_of
+from medti.logs import progress
+from medti.models.loading import resolve_device
+from medti.tracking import track
+
+log = logging.getLogger(__name__)
+
+PathLike = str | os.PathLike
+
+
+@dataclass
+class ClassifierResult:
+    """A trained run: its folder and its metrics.json."""
+
+    out: Path
+    metrics: dict
+
+
+# -- training ------------------------------------------------------------------------------------------------
+
+def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Random rotation (+-10 degrees), scale (0.9-1.1), shift (+-5 %), brightness and contrast (+-10 %).
+
+    ``x`` holds float images in [0, 1]; one affine warp per batch (grid_sample), so it costs little.
+    """
+    n = x.shape[0]
+
+    def uniform(*shape, r):
+        return (torch.rand(*shape, generator=generator) * 2.0 - 1.0) * r
+
+    angle, scale = uniform(n, r=math.radians(10.0)), 1.0 + uniform(n, r=0.1)
+    shift = uniform(n, 2, r=0.1)  # grid coordinates span 2, so 0.1 is 5 % of the image
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
+    grid = F.affine_grid(theta.to(x.device), list(x.shape), align_corners=False)
+    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    contrast = 1.0 + uniform(n, 1, 1, 1, r=0.1).to(x.device)
+    brightness = uniform(n, 1, 1, 1, r=0.1).to(x.device)
+    return ((x - mean) * contrast + mean + brightness).clamp(0.0, 1.0)
+
+
+class BatchOrder:
+    """Endless shuffled batches of indices: a fresh permutation each epoch, its last partial batch dropped.
+
+    Its position is part of a checkpoint, so a resumed run draws the batches an uninterrupted one would."""
+
+    def __init__(self, n: int, batch_size: int, generator: torch.Generator):
+        self.n, self.batch_size, self.generator = n, batch_size, generator
+        self.perm, self.pos = None, 0
+
+    def next(self) -> torch.Tensor:
+        if self.n <= self.batch_size:
+            return torch.randperm(self.n, generator=self.generator)
+        if self.perm is None or self.pos + self.batch_size > self.n:
+            self.perm, self.pos = torch.randperm(self.n, generator=self.generator), 0
+        self.pos += self.batch_size
+        return self.perm[self.pos - self.batch_size:self.pos]
+
+    def state_dict(self) -> dict:
+        return {"perm": self.perm, "pos": self.pos}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.perm, self.pos = state["perm"], int(state["pos"])
+
+
+def _evaluate(net, split) -> tuple[float, float, np.ndarray]:
+    """(AUC, mean cross-entropy, probabilities) on a split; leaves the network in train mode."""
+    probs = predict(net, split.images).numpy()
+    net.train()
+    nll = float(-np.mean(np.log(np.clip(probs[np.arange(len(probs)), split.labels], 1e-12, None))))
+    return auc(split.labels, probs), nll, probs
+
+
+def fit(net: torch.nn.Module, data: ExperimentData, settings: ClassifierSettings, seed: int, tracker=None,
+        store: CheckpointStore | None = None) -> tuple[list[dict], dict, int, float]:
+    """Train ``net``; return (history rows, best state_dict, best step, best validation AUC).
+
+    ``store`` (a ``CheckpointStore``, given only when ``settings.checkpoint_every`` is set): resume from its
+    checkpoint if it holds one, and save one every ``settings.checkpoint_every`` steps."""
+    device = next(net.parameters()).device
+    generator = torch.Generator().manual_seed(seed)
+    optimiser = torch.optim.Adam(net.parameters(), lr=settings.lr)
+    images = data.train.images
+    labels = torch.from_numpy(data.train.labels)
+    batches = BatchOrder(len(labels), settings.batch_size, generator)
+    history, losses = [], []
+    best = (-1.0, -math.inf, 0, None)
+    done = 0
+    state = store.load() if store is not None else None
+    if state is not None:
+        net.load_state_dict(state["net"])
+        optimiser.load_state_dict(state["optimiser"])
+        generator.set_state(state["generator"])
+        batches.load_state_dict(state["batches"])
+        history, losses = state["history"], [torch.tensor(v, device=device) for v in state["losses"]]
+        best, done = (state["best_auc"], state["best_neg_loss"], state["best_step"], state["best_state"]), state["step"]
+        log.info("resuming from the checkpoint at step %d (%s)", done, store.state_path)
+        if tracker is not None:  # each MLflow run is complete: the rows of the first attempt too
+            for row in history:
+                tracker.log_metrics({k: v for k, v in row.items() if k != "step"}, step=row["step"])
+    net.train()
+    for step in progress(range(done + 1, settings.steps + 1), total=settings.steps, initial=done,
+                         desc="train-classifier"):
+        idx = batches.next()
+        x = images[idx].to(device).float() / 255.0
+        if settings.augment:
+            x = augment(x, generator)
+        loss = F.cross_entropy(net(standardise(x)), labels[idx].to(device))
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+        losses.append(loss.detach())
+        if step % settings.eval_every == 0 or step == settings.steps:
+            train_loss = float(torch.stack(losses).mean())
+            if not math.isfinite(train_loss):
+                raise TrainingError(f"classifier: the training loss is {train_loss} at step {step} "
+                                    f"(lower classifier.lr, now {settings.lr})")
+            losses = []
+            val_auc, val_loss, _ = _evaluate(net, data.val)
+            history.append({"step": step, "train_loss": train_loss, "val_loss": val_loss, "val_auc": val_auc})
+            if tracker is not None:
+                tracker.log_metrics({"train_loss": train_loss, "val_loss": val_loss, "val_auc": val_auc}, step=step)
+            if (val_auc, -val_loss) > best[:2]:  # the best AUROC; among equal ones, the lowest loss
+                best = (val_auc, -val_loss, step, {k: v.detach().clone() for k, v in net.state_dict().items()})
+        if store is not None and step % settings.checkpoint_every == 0 and step < settings.steps:
+            store.save({"step": step, "net": net.state_dict(), "optimiser": optimiser.state_dict(),
+                        "generator": generator.get_state(), "batches": batches.state_dict(), "history": history,
+                        "losses": [float(v) for v in losses], "best_auc": best[0], "best_neg_loss": best[1],
+                        "best_step": best[2], "best_state": best[3]})
+    return history, best[3], best[2], best[0]
+
+
+# -- API -----------------------------------------------------------------------------------------------------
+
+def train_classifier(real_manifest: PathLike, out: PathLike, *, settings: ClassifierSettings | None = None,
+                     synthetic_manifest: PathLike | None = None,
+                     real_count: int | None = None, synthetic_count: int | None = 0, seed: int = 0,
+                     modality: str | None = None, classes: list[str] | None = None, condition: str | None = None,
+                     params: dict | None = None, threads: int | None = None,
+                     checkpoint_dir: PathLike | None = None) -> ClassifierResult:
+    """Train one classifier and write its folder ``out``; see the module docstring for the protocol.
+
+    ``real_count``/``synthetic_count``: None for all, or a count (a class-stratified random subset).
+    ``params`` is used for tracking (MLflow run in the project's store) and to find the project root, under
+    which checkpoints go unless ``checkpoint_dir`` is given.
+    """
+    settings = (settings or ClassifierSettings()).validate()
+    out = Path(out)
+    sweep_stale_temporaries(out.parent, name=out.name)
+    if threads:
+        torch.set_num_threads(int(threads))
+    setting = f"params.yaml: classifier.conditions.{condition}" if condition else "train-classifier"
+    data = load_experiment(real_manifest, synthetic_manifest, real_count=real_count, synthetic_count=synthetic_count,
+                           modality=modality, classes=classes, size=settings.size, seed=seed, setting=setting)
+    device = resolve_device(settings.device)
+    torch.manual_seed(seed)
+    spec = NetworkSpec(arch=settings.arch, num_classes=len(data.classes), width=settings.width, size=settings.size,
+                       classes=tuple(data.classes))
+    net = build_network(spec, pretrained=settings.pretrained).to(device)
+    name = "/".join(str(p) for p in (modality, condition, f"seed{seed}") if p is not None)
+    tags = {"modality": modality, "condition": condition, "seed": seed}
+    inputs = {"real": real_manifest, "synthetic": synthetic_manifest if data.n_synthetic else None}
+    store = None
+    if 0 < settings.checkpoint_every < settings.steps:
+        store = CheckpointStore(checkpoint_dir or checkpoint_dir_for(out, params, "classifier", modality, condition,
+                                                                     f"seed{seed}", kind="classifier-"),
+                                _run_key(settings, spec, data, seed, device))
+    lock = store.lock() if store is not None else None
+    try:
+        with track(params, "train-classifier", run_name=name, tags=tags, inputs=inputs) as tracker:
+            tracker.log_params({"classifier": settings.to_dict(), "condition": condition, "seed": seed,
+                                "modality": modality, "classes": ",".join(data.classes), "n_real": data.n_real,
+                                "n_synthetic": data.n_synthetic})
+            started = time.perf_counter()
+            history, state, best_step, best_val = fit(net, data, settings, seed, tracker, store)
+            seconds = time.perf_counter() - started
+            metrics, probs, title = _test(net, state, data, settings, best_step, best_val, seed, name)
+            with atomic_dir(out) as tmp:
+                write_outputs(tmp, state, spec, settings, data, history, metrics, probs, title)
+            tracker.log_metrics({"test_auc": metrics["test_auc"], "best_val_auc": best_val, "best_step": best_step,
+                                 "test_accuracy": metrics["test_accuracy"], "train_seconds": seconds})
+            for artifact in ("roc.png", "confusion.png", "confusion.csv", "curves.png", "metrics.json", "history.csv"):
+                tracker.log_artifact(out / artifact)
+        if store is not None:
+            store.remove()  # the outputs are in place
+    finally:
+        if lock is not None:
+            lock.release()
+    log.info("%s: test AUC %.3f (best validation AUC %.3f at step %d; %d steps in %.1f s)", title,
+             metrics["test_auc"], best_val, best_step, settings.steps, seconds)
+    return ClassifierResult(out=out, metrics=metrics)
+
+
+def _run_key(settings: ClassifierSettings, spec, data, seed: int, device) -> str:
+    """What a checkpoint must match to be resumed: the settings that shape the weights, the network, the exact
+    training and validation images and labels, the seed and the device type."""
+    digest = sha256_of(np.ascontiguousarray(array).tobytes()
+                       for split in (data.train, data.val) for array in (split.images.numpy(), split.labels))
+    shaping = {k: v for k, v in settings.to_dict().items() if k not in ("checkpoint_every", "device")}
+    return fingerprint(shaping, spec.to_dict(), digest, seed, device.type)
+
+
+def _test(net, state, data, settings, best_step: int, best_val: float, seed: int, name: str):
+    """(metrics, test probabilities, title) of the best weights on the held-out test split."""
+    net.load_state_dict(state)
+    probs = predict(net, data.test.images).numpy()
+    metrics = {
+        "test_auc": auc(data.test.labels, probs), "best_val_auc": best_val, "best_step": best_step,
+        "test_accuracy": float(np.mean(probs.argmax(axis=1) == data.test.labels)),
+        "n_real": data.n_real, "n_synthetic": data.n_synthetic, "n_train": len(data.train),
+        "n_val": len(data.val), "n_test": len(data.test), "seed": seed, "steps": settings.steps,
+    }
+    return metrics, probs, name or "classifier"
+
+
+def train_from_params(params: dict, modality: str, condition: str, seed: int, real_manifest: PathLike,
+                      synthetic_manifest: PathLike | None, out: PathLike, threads: int | None = None,
+                      checkpoint_dir: PathLike | None = None, **overrides) -> ClassifierResult:
+    """The pipeline form: settings and the condition's counts from params.yaml (``overrides`` on top)."""
+    classes = modality_of(params, modality)["classes"]
+    real_count, synthetic_count = condition_counts(params, condition)
+    settings = ClassifierSettings.from_section(stage(params, "classifier", modality), **overrides)
+    return train_classifier(real_manifest, out, settings=settings, synthetic_manifest=synthetic_manifest,
+                            real_count=real_count, synthetic_count=synthetic_count, seed=seed, modality=modality,
+                            classes=classes, condition=condition, params=params, threads=threads,
+                            checkpoint_dir=checkpoint_dir)
+
+
+def load_classifier(folder: PathLike, device: str = "cpu") -> tuple[torch.nn.Module, NetworkSpec]:
+    """(network in eval mode, NetworkSpec) of a trained classifier folder; weights read with weights_only."""
+    folder = Path(folder)
+    for name in ("model.pt", "model.json"):
+        if not (folder / name).is_file():
+            raise InputError(f"{folder}: not a trained classifier ({name} is missing)")
+    spec = NetworkSpec.from_dict(json.loads((folder / "model.json").read_text())["network"])
+    net = build_network(spec)
+    net.load_state_dict(torch.load(folder / "model.pt", map_location="cpu", weights_only=True))
+    return net.to(device).eval(), spec
+
+

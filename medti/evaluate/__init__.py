@@ -1,0 +1,78 @@
+"""One modality's classifier experiments, image quality and a memorisation audit (``medti evaluate``).
+
+1. AUC. Every run's predictions on the held-out real test split (predictions.csv of ``medti
+   train-classifier``) are checked against the real manifest's test split. Per condition: the seeds'
+   AUCs, mean +- standard deviation, a bootstrap confidence interval of the mean AUC (test cases resampled
+   within each class), and each condition against the reference (``evaluate.reference``): the difference
+   of mean AUCs with its paired bootstrap interval and p-value, and DeLong's test (binary tasks).
+2. Image quality: FID/KID-style distances between the synthetic and the real training images in the
+   feature space of the trained real-only classifier (always; no download), with the real test images'
+   distance as the yardstick; the Inception FID/KID too when torch-fidelity and its weights are there.
+3. Memorisation audit: for every synthetic image its nearest real training image, by pixel correlation
+   (grey, ``memorisation.size`` px) and by cosine similarity of the classifier's features; near-copies (a
+   pixel correlation at or above ``memorisation.threshold``) are flagged, and so are those closer to a
+   training image than any real test image of their class is: the real test images' nearest training
+   images are the yardstick of how alike two different real images of this data set are.
+
+Outputs (the folder appears whole or not at all):
+
+- metrics.json (or ``metrics_file``): DVC metrics: per condition ``auc_mean, auc_std, ci_low, ci_high,
+  n_seeds`` (and ``auc_diff_vs_<ref>, p_value_vs_<ref>`` (paired bootstrap), ``p_delong_vs_<ref>``),
+  ``quality`` and ``memorisation`` summaries;
+- roc.csv (or ``roc_file``): DVC plot data, long format ``condition, seed, fpr, tpr`` (one curve per run);
+- evaluate.json: everything above in full, with the inputs' checksums (read by ``medti report``);
+- auc_table.csv (one row per condition), auc_seeds.csv (one row per run);
+- roc.png (mean ROC per condition, +- one standard deviation over seeds), confusion.png and confusion.csv
+  (test predictions of all seeds of a condition added up);
+- memorisation.csv (one row per synthetic image), memorisation_pairs.png (the closest pairs),
+  memorisation_similarity.png and memorisation_features.png (the similarity distributions per class, pixels
+  and features, with the real yardstick).
+
+MLflow (one ``evaluate`` run per modality): the settings, every number of metrics.json, and the files above.
+
+Python API (imported lazily, so ``import medti.evaluate`` loads no torch)::
+
+    from medti.evaluate import EvaluateSettings, evaluate, evaluate_from_params
+
+    evaluate("results/classifier/chest_xray", "data/prepared/chest_xray/manifest.csv", "results/evaluate/cx",
+             synthetic_manifest="data/synthetic/chest_xray/manifest.csv", settings=EvaluateSettings(bootstrap=2000))
+    evaluate_from_params(params, "chest_xray", classifiers, real, synthetic, embeddings, out)  # as the pipeline
+
+Parts: :mod:`~medti.evaluate.settings`, :mod:`~medti.evaluate.statistics` (AUC, bootstrap, DeLong),
+:mod:`~medti.evaluate.runs` (the classifier runs, ROC, confusion), :mod:`~medti.evaluate.quality` (FID/KID),
+:mod:`~medti.evaluate.memorisation` (the audit), :mod:`~medti.evaluate.experiment` (``evaluate()``),
+:mod:`~medti.evaluate.cli` (the command).
+"""
+
+from medti.lazy import lazy_exports
+
+__all__ = [
+    "ClassifierRun",
+    "EvaluateResult",
+    "EvaluateSettings",
+    "auc",
+    "delong_test",
+    "embedding_files",
+    "evaluate",
+    "evaluate_from_params",
+    "find_runs",
+    "frechet_distance",
+    "image_quality",
+    "kernel_distance",
+    "load_runs",
+    "memorisation_audit",
+    "nearest",
+    "pixel_vectors",
+    "quality_report",
+    "roc_table",
+    "summarise_conditions",
+    "unit_rows",
+]
+__getattr__, __dir__ = lazy_exports(__name__, {
+    **dict.fromkeys(["EvaluateSettings"], "settings"),
+    **dict.fromkeys(["EvaluateResult", "embedding_files", "evaluate", "evaluate_from_params"], "experiment"),
+    **dict.fromkeys(["ClassifierRun", "find_runs", "load_runs", "roc_table"], "runs"),
+    **dict.fromkeys(["frechet_distance", "image_quality", "kernel_distance", "quality_report"], "quality"),
+    **dict.fromkeys(["memorisation_audit", "nearest", "pixel_vectors", "unit_rows"], "memorisation"),
+    **dict.fromkeys(["auc", "delong_test", "summarise_conditions"], "statistics"),
+})

@@ -1,0 +1,195 @@
+"""The report's sections, one modality at a time: AUC tables, sample images, embedding training, image
+quality, the memorisation audit and checksums. Each adds its blocks to a :class:`Document`."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+
+from medti.classifier.data import read_rows
+from medti.figures import curves, side_by_side_grid
+from medti.hashing import dvc_md5, file_sha256
+from medti.imageset import read_manifest_images
+from medti.report.document import Document, Figure, Table, fmt, fmt_count, fmt_p
+
+if TYPE_CHECKING:
+    from medti.report.build import ModalityInputs
+
+
+# -- figures -------------------------------------------------------------------------------------------------
+
+def sample_figure(m: ModalityInputs, n: int, seed: int, path: Path) -> bool:
+    """Real training images and synthetic images of each class, side by side; False when there are none."""
+    rng = np.random.default_rng(seed)
+    real = read_rows(m.prepared_manifest, m.name)
+    real = real[real["split"] == "train"]
+    syn = read_rows(m.synthetic_manifest, m.name) if m.synthetic_manifest is not None else None
+    rows = {}
+    for k, c in enumerate(m.details["classes"]):
+        def pick(df, k=k):
+            rows_c = df[df["label"] == k]
+            idx = np.sort(rng.choice(len(rows_c), min(n, len(rows_c)), replace=False))
+            return list(read_manifest_images(list(rows_c["path"].iloc[idx]))) if len(idx) else []
+        rows[c] = (pick(real), pick(syn) if syn is not None else [])
+    if not any(a or b for a, b in rows.values()):
+        return False
+    side_by_side_grid(rows, path, left="real (training split)", right="synthetic",
+                      suptitle=f"{m.name}: {n} real and {n} synthetic images per class")
+    return True
+
+
+def loss_figure(m: ModalityInputs, path: Path) -> bool:
+    """The embeddings' training-loss curves (one per class), smoothed."""
+    series = {}
+    for c, d in m.train_reports.items():
+        df = pd.read_csv(d / "metrics.csv")
+        if {"step", "loss"} <= set(df.columns) and len(df):
+            series[f"<{m.name}-{c}>"] = (df["step"].to_numpy(), df["loss"].to_numpy())
+    if not series:
+        return False
+    longest = max(len(x) for x, _ in series.values())
+    curves(series, path, xlabel="step", ylabel="diffusion loss (MSE)",
+           smooth=max(2, longest // 20) if longest >= 20 else 0, title=f"{m.name}: embedding training loss")
+    return True
+
+
+# -- the document --------------------------------------------------------------------------------------------
+
+def _conditions_text(params: dict | None, condition: str) -> str:
+    c = ((params or {}).get("classifier") or {}).get("conditions", {}).get(condition)
+    return f"{condition} (real: {c['real']}, synthetic: {c['synthetic']})" if c else condition
+
+
+def auc_overview(doc: Document, inputs: list[ModalityInputs], params: dict | None) -> None:
+    conditions = []
+    for m in inputs:
+        conditions += [c for c in m.details["conditions"] if c not in conditions]
+    rows = []
+    for c in conditions:
+        row = [_conditions_text(params, c)]
+        for m in inputs:
+            r = m.details["conditions"].get(c)
+            row.append(f"{fmt(r['auc_mean'])} ± {fmt(r['auc_std'])}" if r else "–")
+        rows.append(row)
+    ref = inputs[0].details["reference"]
+    doc.add(Table(["Training data"] + [m.name for m in inputs], rows,
+                  caption=f"Test AUC on the held-out real test split, mean ± standard deviation over seeds (as in "
+                          f"the paper's table). Details, intervals and p-values against '{ref}' per modality below."))
+
+
+def auc_section(doc: Document, m: ModalityInputs, params: dict | None) -> None:
+    d = m.details
+    ref, s = d["reference"], d["settings"]
+    level = int(round(100 * s["confidence"]))
+    binary = len(d["classes"]) == 2
+    rows = []
+    for c, r in d["conditions"].items():
+        comp = r.get("comparison")
+        rows.append([
+            c, f"{fmt_count(r.get('n_real', []))} + {fmt_count(r.get('n_synthetic', []))}", str(r["n_seeds"]),
+            f"{fmt(r['auc_mean'])} ± {fmt(r['auc_std'])}", f"{fmt(r['ci_low'])}–{fmt(r['ci_high'])}",
+            ", ".join(fmt(a) for a in r["aucs"]),
+            f"{comp['difference']:+.3f} [{comp['ci_low']:+.3f}, {comp['ci_high']:+.3f}]" if comp else "(reference)",
+            fmt_p(comp["p_bootstrap"]) if comp else "–", fmt_p(comp["p_delong"]) if comp else "–",
+        ])
+    n_test = ", ".join(f"{c}: {n}" for c, n in d["n_test"].items())
+    doc.add(Table(["Condition", "Training images (real + synthetic)", "Seeds", "AUC (mean ± sd)", f"{level}% CI",
+                   "AUC per seed", f"Δ AUC vs {ref} [{level}% CI]", "p (paired bootstrap)", "p (DeLong)"], rows,
+                  caption=f"Test split: {n_test} images. CI: {s['bootstrap']} bootstrap resamples of the test set "
+                          f"(stratified by class) of the seeds' mean AUC. Δ: difference of mean AUCs, on the same "
+                          f"resamples (paired); DeLong's test of the same contrast"
+                          f"{'' if len(d['classes']) == 2 else ' (binary tasks only)'}. AUC: "
+                          f"{'positive class ' + repr(d['classes'][1]) if binary else 'one-vs-rest macro average'}."))
+
+
+def quality_section(doc: Document, m: ModalityInputs) -> None:
+    q = m.details.get("quality")
+    if not q:
+        doc.para("No synthetic images: no image quality measured.")
+        return
+    rows = []
+    for space, label in (("classifier", "real-only classifier"), ("inception", "Inception-v3")):
+        r = q.get(space) or {}
+        if "skipped" in r:
+            rows.append([label, "(skipped)", "–", "–", "–"])
+            continue
+        pairs = [("synthetic vs real training", r.get("synthetic_vs_real_train")),
+                 ("real test vs real training (yardstick)", r.get("real_test_vs_real_train"))]
+        pairs += [(f"synthetic vs real training, class {c}", v) for c, v in (r.get("per_class") or {}).items()]
+        for what, v in pairs:
+            if v:
+                rows.append([label, what, fmt(v["fd"], 2), f"{fmt(v['kid'], 4)} ± {fmt(v['kid_std'], 4)}",
+                             f"{v['n_a']} / {v['n_b']}"])
+    fc = m.details.get("feature_classifier") or {}
+    doc.add(Table(["Feature space", "Sets", "FD", "KID (mean ± sd)", "Images"], rows,
+                  caption=f"Fréchet (FD) and kernel (KID) distances; lower is closer. The classifier's features "
+                          f"({fc.get('arch')}, condition '{fc.get('condition')}', seed {fc.get('seed')}) need no "
+                          f"download but are not comparable with published FIDs: compare with the yardstick row."))
+    skipped = (q.get("inception") or {}).get("skipped")
+    if skipped:
+        doc.para(skipped)
+
+
+def memorisation_section(doc: Document, m: ModalityInputs, figures: Path) -> None:
+    a = m.details.get("memorisation")
+    if not a:
+        doc.para("No synthetic images: no memorisation audit.")
+        return
+    thr = a["threshold"]
+    o = a["overall"]
+    doc.para(f"Every synthetic image was compared with every real training image: by pixel correlation r (grey "
+             f"{m.details['settings']['memorisation_size']} px) and by the cosine similarity of the real-only "
+             f"classifier's features. {o['near_copies']} of {o['n']} synthetic images are near-copies (r ≥ {thr:.2f}); "
+             f"{o['closer_than_real_test']} are closer to a training image than any real test image of their class "
+             f"is. A synthetic image no closer to the training set than unseen real images are gives no sign of "
+             f"memorisation.")
+    rows = []
+    embeddings = m.details.get("embeddings") or {}
+    for c, s in a["per_class"].items():
+        token = (embeddings.get(c) or {}).get("token") or f"<{m.name}-{c}>"
+        if not s.get("n"):
+            rows.append([c, token, "0", "–", "–", "–", "–", "–", "–"])
+            continue
+        rows.append([c, token, str(s["n"]), str(s["near_copies"]), str(s["closer_than_real_test"]),
+                     f"{fmt(s['pixel_similarity_median'])} [{fmt(s['pixel_similarity_max'])}]",
+                     f"{fmt(s['real_test_pixel_similarity_median'])} [{fmt(s['real_test_pixel_similarity_max'])}]",
+                     fmt(s["feature_similarity_median"]), f"{100 * s['nearest_is_embedding_training_image']:.0f}%"])
+    doc.add(Table(["Class", "Embedding", "Synthetic images", f"Near-copies (r ≥ {thr:.2f})",
+                   "Closer than any real test image", "r to nearest training: median [max]",
+                   "Real test r: median [max] (yardstick)", "Feature cosine: median",
+                   "Nearest is one of the embedding's training images"], rows,
+                  caption="Per embedding (one per class). Full list: memorisation.csv in the evaluate folder."))
+    for name, caption in (("memorisation_pairs.png", "The closest synthetic–training pairs (pixel correlation)."),
+                          ("memorisation_similarity.png", "Similarity to the nearest real training image: synthetic "
+                                                          "images against real test images (the yardstick)."),
+                          ("memorisation_features.png", "The same in the classifier's feature space.")):
+        copy_figure(doc, m.evaluate_dir / name, figures / f"{m.name}_{name}", caption)
+
+
+def copy_figure(doc: Document, src: Path, dst: Path, caption: str) -> None:
+    if src.is_file():
+        shutil.copyfile(src, dst)
+        doc.add(Figure(dst, caption))
+
+
+def checksum_section(doc: Document, m: ModalityInputs, prepared_dir: Path, synthetic_dir: Path | None) -> None:
+    d = m.details
+    rows = [["prepared data (folder, DVC md5)", str(prepared_dir / m.name), dvc_md5(prepared_dir / m.name)],
+            ["prepared manifest (sha256)", str(m.prepared_manifest), file_sha256(m.prepared_manifest)]]
+    if m.synthetic_manifest is not None:
+        rows += [["synthetic data (folder, DVC md5)", str(m.synthetic_manifest.parent),
+                  dvc_md5(m.synthetic_manifest.parent)],
+                 ["synthetic manifest (sha256)", str(m.synthetic_manifest), file_sha256(m.synthetic_manifest)]]
+    inputs = d.get("inputs") or {}
+    if inputs.get("embeddings_md5"):
+        rows.append(["embeddings (folder, DVC md5)", inputs["embeddings"], inputs["embeddings_md5"]])
+    for e in (d.get("embeddings") or {}).values():
+        rows.append([f"embedding {e['token']} (file md5 / vectors sha256)", e["file"], f"{e['md5']} / {e['checksum']}"])
+    if inputs.get("real_manifest_sha256") and inputs["real_manifest_sha256"] != rows[1][2]:
+        doc.warning(f"{m.prepared_manifest} changed after the evaluation (its checksum differs from the one "
+                    "medti evaluate read): re-run the pipeline")
+    doc.add(Table(["Item", "Path", "Checksum"], rows))

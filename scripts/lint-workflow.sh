@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# The workflow's lint: `snakemake --lint` (Snakemake's checks of the rules) and `snakefmt --check` (the format of
+# the Snakefile and workflow/rules/*.smk; `snakefmt Snakefile workflow/` rewrites them). Exits non-zero when either
+# finds something. .ci/run runs it before the tests; the environment comes from scripts/setup-env.sh.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${MEDTI_VENV:-.venv}
+if [ ! -x "$VENV/bin/snakefmt" ] || [ ! -x "$VENV/bin/snakemake" ]; then
+  bash scripts/setup-env.sh
+fi
+. "$VENV/bin/activate"
+snakemake --lint
+snakefmt --check Snakefile workflow/
