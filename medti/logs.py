@@ -23,15 +23,26 @@ def setup_logging(log_file: str | os.PathLike | None = None, verbose: int = 0, q
     for h in list(root.handlers):
         root.removeHandler(h)
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(FORMAT, datefmt="%H:%M:%S"))
+    # Where the caller already sends stderr to the log file (the Snakemake rules: `--log {log} 2> {log}`), each
+    # record goes there once, through stderr, with the file's full timestamps.
+    into_log = bool(log_file) and _is_stderr(log_file)
+    handler.setFormatter(logging.Formatter(FORMAT) if into_log else logging.Formatter(FORMAT, datefmt="%H:%M:%S"))
     root.addHandler(handler)
-    if log_file:
+    if log_file and not into_log:
         os.makedirs(os.path.dirname(os.path.abspath(log_file)), exist_ok=True)
         fh = logging.FileHandler(log_file, mode="w", encoding="utf-8")
         fh.setFormatter(logging.Formatter(FORMAT))
         root.addHandler(fh)
     root.setLevel(level)
     quiet_libraries()
+
+
+def _is_stderr(path: str | os.PathLike) -> bool:
+    """Whether this process's stderr is the file ``path`` (same device and inode)."""
+    try:
+        return os.path.samestat(os.fstat(sys.stderr.fileno()), os.stat(path))
+    except (OSError, ValueError, AttributeError):  # no such file yet; stderr closed, replaced or not a real file
+        return False
 
 
 def quiet_libraries() -> None:

@@ -29,6 +29,18 @@ def _normalise(cmd: str) -> str:
     return re.sub(r"\s+", " ", cmd).strip()
 
 
+_STDERR_TO_LOG = re.compile(r"--log (\S+) 2>>? ?(\S+)$")
+
+
+def _without_stderr_to_log(command: str) -> str:
+    """``... --log L 2> L`` -> ``... --log L``: the redirection of a rule's whole stderr into its own log file,
+    which Snakemake does and DVC (no log files) does not, is no part of the medti command the two must agree on."""
+    m = _STDERR_TO_LOG.search(command)
+    if m and m.group(1) == m.group(2):
+        return command[: m.end(1)]
+    return command
+
+
 def snakemake_jobs(root: str | os.PathLike = ".", snakemake: str | None = None) -> list[Job]:
     """Every job of the Snakemake DAG (forced, dry run), with its outputs and shell command."""
     exe = snakemake or str(Path(sys.executable).with_name("snakemake"))
@@ -44,7 +56,7 @@ def snakemake_jobs(root: str | os.PathLike = ".", snakemake: str | None = None) 
         elif rule and line.strip().startswith("output:"):
             outputs = frozenset(p.strip() for p in line.split(":", 1)[1].split(","))
         elif rule and line.startswith("Shell command:"):
-            command = _normalise(line.split(":", 1)[1])
+            command = _without_stderr_to_log(_normalise(line.split(":", 1)[1]))
             if command != "None":  # target rules such as `all` run nothing
                 jobs.append(Job(rule, outputs, command))
             rule = None

@@ -20,5 +20,5 @@ rule train_embedding:
         settings=settings("train_embedding", "base_model", "seed"),
     shell:
         "medti train-embedding --params params.yaml --modality {wildcards.modality} --class {wildcards.cls}"
-        " --manifest {input.prepared}/manifest.csv --output {output.embedding} --report-dir {output.report}"
+        " --manifest {input.prepared}/manifest.csv --out {output.embedding} --report-dir {output.report}"
         " --log {log} 2> {log}"
