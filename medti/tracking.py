@@ -17,8 +17,9 @@ import os
 import random
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +110,7 @@ class Tracker:
     def enabled(self) -> bool:
         return self.uri is not None
 
-    def __enter__(self) -> "Tracker":
+    def __enter__(self) -> Tracker:
         if not self.enabled:
             return self
         from mlflow.tracking import MlflowClient

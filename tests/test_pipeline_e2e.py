@@ -36,7 +36,8 @@ def run(args, cwd, check=True, timeout=1200):
     env["PATH"] = f"{BIN}{os.pathsep}{env['PATH']}"
     proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(map(str, args))} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
+        raise AssertionError(f"{' '.join(map(str, args))} failed ({proc.returncode}):\n"
+                             f"{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
     return proc
 
 
@@ -84,7 +85,7 @@ def test_snakemake_runs_the_default_pipeline_to_a_report(snakemake_project):
     html = (snakemake_project / "results" / "report" / "index.html").read_text()
     assert "carry no medical meaning" in html  # the tiny base model has random weights
     assert "Disease interpolation" in html and "data:image/png;base64," in html
-    for key, entry in params["classes"].items():
+    for entry in params["classes"].values():
         emb = snakemake_project / "embeddings" / entry["modality"] / f"{entry['class']}.safetensors"
         assert emb.is_file() and emb.stat().st_size < 300_000
     for modality in params["modalities"]:
@@ -231,30 +232,28 @@ def test_embeddings_shared_through_a_dvc_remote_generate_in_a_fresh_clone(runner
     params = yaml.safe_load((project / "params.yaml").read_text())
     generated = f"{params['generate']['out']}/{DVC_MODALITY}"
 
-    def fresh_clone(name: str, *stages: str) -> Path:
+    def fresh_clone(name: str) -> Path:
+        """A colleague's clone with the embeddings pulled, and no images: neither raw nor prepared."""
         clone = project.parent / name  # beside the project: the default local remote is shared
         run(["git", "clone", "-q", str(project), str(clone)], project.parent)
-        run([BIN / "dvc", "pull", *stages], clone)
+        run([BIN / "dvc", "pull", "train_embedding"], clone)
         for entry in params["classes"].values():
             assert (clone / "embeddings" / entry["modality"] / f"{entry['class']}.safetensors").is_file()
-        assert not (clone / "data" / "raw").exists()
+        assert not (clone / "data" / "raw").exists() and not (clone / params["prepare"]["out"]).exists()
         return clone
 
-    # DVC: the embeddings alone (no images at all) and `dvc repro` of one generation stage
-    clone = fresh_clone("colleague", "train_embedding")
-    assert not (clone / params["prepare"]["out"]).exists()
+    # DVC: `dvc repro` of one generation stage
+    clone = fresh_clone("colleague")
     proc = run([BIN / "dvc", "repro", "--single-item", f"generate@{DVC_MODALITY}"], clone)
     assert "train_embedding" not in proc.stdout
     assert (clone / generated / "manifest.csv").is_file()
-    # ... which Snakemake, once the prepared data are pulled too and the times restored, takes as up to date
-    run([BIN / "dvc", "pull", "prepare"], clone)
+    # ... which Snakemake, once the times are restored, takes as up to date
     run([BIN / "medti", "workflow", "restore-mtimes"], clone)
     interpolated = f"{params['interpolate']['out']}/{DVC_MODALITY}"
     proc = run([BIN / "snakemake", "-n", "--cores", CORES, generated, interpolated], clone)
     assert planned_jobs(proc.stdout + proc.stderr) == {"interpolate": 1}, proc.stdout + proc.stderr
-    # Snakemake: with the prepared data too (Snakemake would remake a missing input it has a rule for) and the
-    # times restored, it plans the generation alone, runs it, and records it in dvc.lock
-    clone = fresh_clone("colleague-snakemake", "train_embedding", "prepare")
+    # Snakemake: with the times restored it plans the generation alone, runs it, and records it in dvc.lock
+    clone = fresh_clone("colleague-snakemake")
     run([BIN / "medti", "workflow", "restore-mtimes"], clone)
     proc = run([BIN / "snakemake", "-n", "--cores", CORES, generated], clone)
     assert planned_jobs(proc.stdout + proc.stderr) == {"generate": 1}, proc.stdout + proc.stderr

@@ -76,11 +76,13 @@ def test_dry_run_plans_every_stage_per_modality_class_condition_and_seed():
     assert counts["prepare"] == n_mod
     assert counts["train_embedding"] == len(params["classes"])
     assert counts["generate"] == n_mod and counts["interpolate"] == n_mod
-    assert counts["train_classifier"] == n_mod * len(params["classifier"]["conditions"]) * len(params["classifier"]["seeds"])
+    runs = len(params["classifier"]["conditions"]) * len(params["classifier"]["seeds"])
+    assert counts["train_classifier"] == n_mod * runs
     assert counts["evaluate"] == n_mod and counts["report"] == 1
     # every job calls the medti CLI with the one parameter file and writes a log
     for job in jobs:
-        assert job.command.startswith("medti ") and "--params params.yaml" in job.command and "--log logs/" in job.command
+        assert job.command.startswith("medti ") and "--params params.yaml" in job.command
+        assert "--log logs/" in job.command
 
 
 def test_snakefile_and_dvc_yaml_agree():
@@ -90,12 +92,14 @@ def test_snakefile_and_dvc_yaml_agree():
 def test_drift_between_the_two_is_reported(tmp_path):
     project = project_copy(tmp_path)
     dvc_yaml = (project / "dvc.yaml").read_text()
-    (project / "dvc.yaml").write_text(dvc_yaml.replace("--condition ${item.condition}", "--condition ${item.condition} --fast"))
+    drifted = dvc_yaml.replace("--condition ${item.condition}", "--condition ${item.condition} --fast")
+    (project / "dvc.yaml").write_text(drifted)
     problems = check(project)
     assert problems and all("commands differ" in p for p in problems)
     assert any("train_classifier" in p for p in problems)
     # an output renamed on one side only is reported from both sides
-    (project / "dvc.yaml").write_text(dvc_yaml.replace("outs:\n        - ${generate.out}/${key}", "outs:\n        - ${generate.out}/${key}-v2"))
+    outs = "outs:\n        - ${generate.out}/${key}"
+    (project / "dvc.yaml").write_text(dvc_yaml.replace(outs, outs + "-v2"))
     problems = check(project)
     assert any("no dvc.yaml stage has these outputs" in p for p in problems)
     assert any("no Snakemake job has these outputs" in p for p in problems)
@@ -130,7 +134,7 @@ def test_lint_reports_nothing():
 
 
 def test_snakefmt_would_change_nothing():
-    """scripts/lint-workflow.sh (run by CI) checks the same; `snakefmt Snakefile workflow/` fixes the format."""
+    """scripts/lint.sh (run by CI) checks the same; `snakefmt Snakefile workflow/` fixes the format."""
     if not (BIN / "snakefmt").exists():
         pytest.skip("snakefmt is not installed (it comes with medti's dev extra)")
     proc = subprocess.run([str(BIN / "snakefmt"), "--check", "Snakefile", "workflow/"], cwd=ROOT,
