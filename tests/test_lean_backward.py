@@ -166,8 +166,8 @@ def test_compile_memory_budget_is_validated_and_reaches_the_compiler(tiny_model_
     from medti.textual_inversion.trainer import EmbeddingTrainer
     from medti.toydata import draw_shapes
 
-    for bad in (0.0, 1.5):
-        with pytest.raises(ConfigError, match=r"compile_memory_budget: must be in \(0, 1\]"):
+    for bad, why in ((0.0, "less than or equal to the minimum of 0"), (1.5, "greater than the maximum of 1")):
+        with pytest.raises(ConfigError, match=rf"train_embedding\.compile_memory_budget: {bad} is {why}"):
             TrainSettings(token="<t>", init_words="disc", compile_memory_budget=bad).validate()
     settings = TrainSettings(token="<t>", init_words="disc", resolution=32, steps=1, validation_images=0,
                              compile=True, compile_memory_budget=0.4).validate()
