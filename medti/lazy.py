@@ -13,9 +13,8 @@ def lazy_exports(package: str, names: dict[str, str]) -> tuple[Callable[[str], o
     def __getattr__(name: str) -> object:
         if name not in names:
             raise AttributeError(f"module {package!r} has no attribute {name!r}")
-        value = getattr(importlib.import_module(f"{package}.{names[name]}"), name)
-        globals_of(package)[name] = value  # later lookups skip __getattr__
-        return value
+        # not cached in the package: the submodule stays the one place a name is defined (and patched)
+        return getattr(importlib.import_module(f"{package}.{names[name]}"), name)
 
     def __dir__() -> list[str]:
         return sorted(set(globals_of(package)) | set(names))
