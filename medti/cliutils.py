@@ -19,10 +19,8 @@ from pathlib import Path
 from medti.errors import ConfigError
 
 
-def add_common(parser: argparse.ArgumentParser, params: bool = False) -> argparse.ArgumentParser:
-    """``--log``, ``-v``/``-q``. (``params=True``: transitional, adds ``--params`` alone.)"""
-    if params:
-        parser.add_argument("--params", default=None, metavar="YAML", help="params.yaml to read settings from")
+def add_common(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """``--log``, ``-v``/``-q``."""
     parser.add_argument("--log", default=None, metavar="FILE", help="also write the log to FILE")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
     parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
