@@ -1,8 +1,15 @@
-"""Atomic outputs: a file or folder appears complete or not at all.
+"""Atomic outputs: a file or folder appears complete or not at all, and has one writer at a time.
 
 Everything is first written next to its final place (same filesystem, so the rename is atomic) under a
 hidden temporary name, then renamed. On an exception the temporary is removed, so a failed or killed run
 leaves no half-written output where a workflow manager would take it for a finished one.
+
+One writer per output: :func:`output_lock` (taken by :func:`atomic_dir` for the folder it writes, and by
+``medti generate``/``interpolate``/``inpaint`` for their whole run) holds an exclusive lock on
+``<parent>/.<name>.lock``, beside the output and never inside it (a workflow manager deletes an incomplete
+output folder; the lock must not go with it). A second process writing the same output stops at once with
+one line naming the folder. The lock is the kernel's (``flock``): a killed holder releases it, and the file
+left behind is reused.
 """
 
 from __future__ import annotations
@@ -12,8 +19,14 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None
 
 
 def _tmp_sibling(path: Path, suffix: str = "") -> Path:
@@ -46,24 +59,33 @@ def atomic_path(path: str | os.PathLike, fsync: bool = True) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a fresh temporary folder; on success it replaces ``path`` whole."""
+def atomic_dir(path: str | os.PathLike, lock: bool = True) -> Iterator[Path]:
+    """Yield a fresh temporary folder; on success it replaces ``path`` whole. ``lock``: hold
+    :func:`output_lock` on ``path`` meanwhile (a second writer of the same folder stops at once)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    os.chmod(tmp, 0o777 & ~_umask())
-    try:
-        yield tmp
-        if path.exists():
-            old = path.parent / f".{path.name}.{os.getpid()}.{tmp.name[-12:]}.old"
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink(missing_ok=True)
-        else:
-            os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with output_lock(path) if lock else contextlib.nullcontext():
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+        os.chmod(tmp, 0o777 & ~_umask())
+        try:
+            yield tmp
+            replace_dir(tmp, path)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+
+def replace_dir(src: str | os.PathLike, path: str | os.PathLike) -> None:
+    """Put the folder ``src`` (on ``path``'s filesystem) in the place of ``path``, replacing what is there. Between
+    the two renames ``path`` is absent, never partial; the old folder is removed after."""
+    src, path = Path(src), Path(path)
+    if path.exists() or path.is_symlink():
+        old = path.parent / f".{path.name}.{os.getpid()}.{src.name[-12:]}.old"
+        os.replace(path, old)
+        os.replace(src, path)
+        shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink(missing_ok=True)
+    else:
+        os.replace(src, path)
 
 
 def _umask() -> int:
@@ -140,3 +162,98 @@ def try_lock(path: str | os.PathLike):
     except Timeout:
         return None
     return lock
+
+
+# -- one writer per output -------------------------------------------------------------------------------------
+_HELD: dict[str, list] = {}  # lock file -> [fd, depth]: this process's locks (re-entered, not re-taken)
+
+
+def lock_file(output: str | os.PathLike) -> Path:
+    """The lock file of an output: ``<parent>/.<name>.lock``, beside it."""
+    output = Path(os.path.abspath(output))
+    return output.parent / f".{output.name}.lock"
+
+
+@contextlib.contextmanager
+def output_lock(output: str | os.PathLike, *, shared: bool = False, wait: float = 0.0,
+                what: str = "writing this output") -> Iterator[Path]:
+    """Hold the lock of ``output`` (a file or folder, existing or not) for the block; yield the lock file.
+
+    Exclusive by default; ``shared`` locks coexist with each other but not with an exclusive one (shards of one
+    set write the same folder side by side; a run that replaces the whole folder excludes them). Another holder
+    makes this raise :class:`~medti.errors.InputError` at once, naming ``output`` (after ``wait`` seconds of
+    retrying, when given). Re-entering a lock this process holds is a no-op (a stage's :func:`atomic_dir` inside
+    the lock of its whole run).
+    """
+    path = lock_file(output)
+    held = _HELD.get(str(path))
+    if held is not None:
+        held[1] += 1
+        try:
+            yield path
+        finally:
+            held[1] -= 1
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + max(0.0, float(wait))
+    while (fd := _acquire(path, shared)) is None:
+        if time.monotonic() >= deadline:
+            from medti.errors import InputError
+
+            holder = _holder(path)
+            raise InputError(f"{output}: another medti process{holder} is {what} now (lock {path.name} beside it); "
+                             "wait for it to finish, or choose another output")
+        time.sleep(0.05)
+    _HELD[str(path)] = [fd, 1]
+    try:
+        yield path
+    finally:
+        del _HELD[str(path)]
+        _release(path, fd, shared)
+
+
+def _acquire(path: Path, shared: bool):
+    """An open, locked descriptor of ``path``, or None when another process holds it."""
+    if fcntl is None:  # no flock (Windows): filelock's exclusive lock for both kinds
+        lock = try_lock(path)
+        return lock
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            return None
+        try:  # a holder may have removed the file (releasing it) between our open and flock: lock the new one
+            if os.fstat(fd).st_ino == os.stat(path).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    if not shared:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
+
+
+def _release(path: Path, fd, shared: bool) -> None:
+    if fcntl is None:
+        fd.release()
+        return
+    try:
+        if shared:  # the last holder removes the file; the others leave it
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                return
+        path.unlink(missing_ok=True)
+    finally:
+        os.close(fd)
+
+
+def _holder(path: Path) -> str:
+    try:
+        pid = path.read_text(encoding="ascii").strip()
+    except (OSError, ValueError):
+        return ""
+    return f" (pid {pid})" if pid.isdigit() else ""

@@ -70,7 +70,7 @@ def check_section(section: str, values: dict, source: str, names: dict[str, str]
     import jsonschema
 
     schema = {k: v for k, v in schema_section(section).items() if k != "required"}  # a part of a section is fine
-    validator = jsonschema.validators.validator_for(schema)(schema)
+    validator = _strict(jsonschema.validators.validator_for(schema))(schema)
     present = {k: v for k, v in values.items() if k in schema.get("properties", {})}
     errors = sorted(validator.iter_errors(present), key=lambda e: (len(list(e.absolute_path)), str(e.message)))
     if errors:
@@ -87,8 +87,11 @@ def _path_of(error) -> str:
     return ".".join(parts) if parts else "(top level)"
 
 
-def validate(params: dict, source: str = "params.yaml") -> dict:
+def validate(params: dict, source: str = "params.yaml", evaluation: bool = True) -> dict:
     """Validate ``params`` in place, filling schema defaults; raise ConfigError on the first problem.
+
+    ``evaluation=False`` (a standalone ``prepare``): no evaluation follows, so the test split's size is not
+    checked against ``evaluate.min_test_per_class``.
 
     Also derives, per modality, ``classes`` (label order) and ``init_words`` from the ``classes`` section, so
     code reads ``params["modalities"][m]["classes"]``. Validating an already validated dict is a no-op.
@@ -98,7 +101,7 @@ def validate(params: dict, source: str = "params.yaml") -> dict:
     if params.get("_meta", {}).get("validated"):
         return params
     schema = load_schema()
-    validator_cls = jsonschema.validators.validator_for(schema)
+    validator_cls = _strict(jsonschema.validators.validator_for(schema))
     validator = _with_defaults(validator_cls)(schema)
     errors = sorted(validator.iter_errors(params), key=lambda e: (len(list(e.absolute_path)), str(e.message)))
     if errors:
@@ -106,6 +109,8 @@ def validate(params: dict, source: str = "params.yaml") -> dict:
         raise ConfigError(f"{source}: {_path_of(err)}: {err.message}")
     _derive_classes(params, source)
     _check_cross_references(params, source)
+    _check_overrides(params, source)
+    _check_splits(params, source, evaluation)
     params.setdefault("_meta", {})["validated"] = True
     return params
 
@@ -127,6 +132,18 @@ def _derive_classes(params: dict, source: str) -> None:
     for name, mod in modalities.items():
         if len(mod["classes"]) < 2:
             raise ConfigError(f"{source}: classes: modality '{name}' needs at least two classes, has {mod['classes']}")
+
+
+def _strict(validator_cls):
+    """``validator_cls`` with JSON Schema's "integer" made strict: 12.0 is not an integer setting (jsonschema
+    accepts any float with a zero fraction, and a YAML ``12.0`` is a float that later code would trip on)."""
+    import jsonschema
+
+    def is_integer(checker, instance):
+        return isinstance(instance, int) and not isinstance(instance, bool)
+
+    checker = validator_cls.TYPE_CHECKER.redefine("integer", is_integer)
+    return jsonschema.validators.extend(validator_cls, type_checker=checker)
 
 
 def _with_defaults(validator_cls):
@@ -151,6 +168,110 @@ def _check_cross_references(params: dict, source: str) -> None:
         if name not in modalities:
             raise ConfigError(f"{source}: phantoms.modalities: '{name}' is not one of the modalities "
                               f"({', '.join(modalities)})")
+
+
+def _check_overrides(params: dict, source: str) -> None:
+    """A modality's ``overrides.<section>`` merged over the section, checked against that section's schema, so a
+    bad override fails here (and ``snakemake -n`` with it), not when its stage runs."""
+    import jsonschema
+
+    for name, mod in params["modalities"].items():
+        for section, override in (mod.get("overrides") or {}).items():
+            if not override:
+                continue
+            schema = schema_section(section)
+            validator = _strict(jsonschema.validators.validator_for(schema))(schema)
+            merged = stage(params, section, name)
+            errors = sorted(validator.iter_errors(merged), key=lambda e: (len(list(e.absolute_path)), str(e.message)))
+            if errors:
+                err = errors[0]
+                where = ".".join(str(p) for p in err.absolute_path)
+                raise ConfigError(f"{source}: modalities.{name}.overrides.{section}"
+                                  f"{'.' + where if where else ''}: {err.message}")
+
+
+def split_kind(split: dict, where: str = "prepare.split") -> str:
+    """'fractions' or 'counts' for a ``prepare.split`` setting; ConfigError (naming ``where``) when the fractions
+    add up to more than 1, a value is neither a fraction nor a whole count, or the two are mixed."""
+    values = {k: split[k] for k in ("train", "val", "test")}
+    nonzero = {k: v for k, v in values.items() if v}
+    if all(isinstance(v, int) and not isinstance(v, bool) for v in nonzero.values()):
+        return "counts"
+    if all(isinstance(v, float) and v <= 1 for v in nonzero.values()):
+        total = sum(values.values())
+        if total > 1 + 1e-9:
+            raise ConfigError(f"{where}: the fractions add up to {total:g}, more than 1 (train + val + test is the "
+                              "share of each class's subjects used)")
+        return "fractions"
+    odd = next((f"{k}: {v!r}" for k, v in nonzero.items() if isinstance(v, float) and v > 1), None)
+    raise ConfigError(f"{where}: give fractions (0.5, 0.25, ...) or whole subject counts per class (100, 50, ...), "
+                      f"not a mix{f' ({odd} is neither)' if odd else ''}")
+
+
+def split_counts(n: int, split: dict) -> dict[str, int]:
+    """Subjects per split of a class of ``n`` subjects under fractions: the rounding of
+    ``medti.preprocess.splitting`` (a test keeps the two equal)."""
+    import math
+
+    names = ("train", "val", "test")
+    wanted = [s for s in names if split[s]]
+    if n < len(wanted):  # too few subjects to split at all (prepare stops with its own error)
+        return {s: 0 for s in names}
+    total = max(int(round(sum(split[s] for s in names) * n)), len(wanted))
+    raw = {s: split[s] * n for s in names}
+    out = {s: int(math.floor(raw[s])) for s in names}
+    for s in sorted(wanted, key=lambda s: raw[s] - out[s], reverse=True):
+        if sum(out.values()) >= total:
+            break
+        out[s] += 1
+    for s in wanted:
+        if out[s] == 0:
+            donor = max(wanted, key=lambda d: out[d])
+            out[donor] -= 1
+            out[s] += 1
+    return out
+
+
+def _check_splits(params: dict, source: str, evaluation: bool = True) -> None:
+    """Every modality's split is well formed, and its test split can hold ``evaluate.min_test_per_class``
+    subjects per class where that is known before the data is read: subject counts directly, fractions of
+    the phantom subjects (``phantoms.subjects_per_class``) for phantom modalities. MedMNIST keeps its
+    official splits. A test split of fewer subjects than that would fail evaluation after every classifier
+    has trained."""
+    default_split = schema_default("prepare.split")
+    default_min = schema_default("evaluate.min_test_per_class")
+    phantoms = params.get("phantoms") or {}
+    phantom_modalities = set(phantoms.get("modalities") or [])
+    n_phantom = int(phantoms.get("subjects_per_class", schema_default("phantoms.subjects_per_class")))
+    split_kind(params.get("prepare", {}).get("split", default_split), f"{source}: prepare.split")
+    for name, mod in params["modalities"].items():
+        override = ((mod.get("overrides") or {}).get("prepare") or {}).get("split")
+        where = f"modalities.{name}.overrides.prepare.split" if override else "prepare.split"
+        split = stage(params, "prepare", name).get("split", default_split)
+        kind = split_kind(split, f"{source}: {where}")
+        if mod["source"]["type"] == "medmnist" or not evaluation:
+            continue  # MedMNIST has its own splits; a standalone prepare has no evaluation to fail
+        minimum = int(stage(params, "evaluate", name).get("min_test_per_class", default_min))
+        phantom = name in phantom_modalities
+        if kind == "counts":
+            test = int(split["test"])
+            asked = sum(int(split[s]) for s in ("train", "val", "test"))
+            if phantom and asked > n_phantom:
+                raise ConfigError(f"{source}: {where}: asks for {asked} subjects per class of {name}, but "
+                                  f"phantoms.subjects_per_class makes {n_phantom}")
+            how = f"{where}.test is {test} subjects per class"
+        elif phantom:
+            test = split_counts(n_phantom, split)["test"]
+            how = (f"{where}.test ({split['test']:g}) of phantoms.subjects_per_class ({n_phantom}) gives "
+                   f"{test} test subject{'s' if test != 1 else ''} per class of {name}")
+        else:
+            continue  # fractions of a data set not read yet: checked when prepare has counted the subjects
+        if test < minimum:
+            ov = ((mod.get("overrides") or {}).get("evaluate") or {}).get("min_test_per_class")
+            setting = "evaluate.min_test_per_class"
+            setting = f"modalities.{name}.overrides.{setting}" if ov else setting
+            raise ConfigError(f"{source}: {how}, fewer than {setting} ({minimum}): evaluation would fail after every "
+                              "classifier has trained; make the test split larger or lower that setting")
 
 
 def load_params(path: str | os.PathLike = "params.yaml", overrides: dict | None = None) -> dict:

@@ -26,3 +26,8 @@ class ModelError(MedtiError):
 
 class TrainingError(MedtiError):
     """Training cannot continue (a NaN loss, say); the last good checkpoint is kept."""
+
+
+class ResourceError(MedtiError):
+    """The machine cannot go on (no space left, an I/O error, a read-only output): not the input's fault; the
+    run stops, keeps what it can resume from, and says so."""

@@ -4,6 +4,7 @@ folder, reading what it wrote, and building the worker context for pixel-level c
 from __future__ import annotations
 
 import csv
+import json
 import shutil
 from pathlib import Path
 
@@ -52,8 +53,29 @@ def manifest(out: Path) -> pd.DataFrame:
     return pd.read_csv(out / "manifest.csv", dtype={"subject_id": str})
 
 
-def rejects(out: Path) -> pd.DataFrame:
-    return pd.read_csv(out / "rejects.csv", keep_default_na=False)
+def rejects(out: Path, src: Path | None = None) -> pd.DataFrame:
+    """rejects.csv (input_id, kind, reason) with a ``path`` column added from the private lookup beside the salt
+    (found above ``out``): relative to ``src`` where given and inside it, else absolute."""
+    from medti.deid import LOOKUP_NAME
+
+    table = pd.read_csv(out / "rejects.csv", keep_default_na=False, dtype={"input_id": str})
+    lookup = next((p / ".medti" / LOOKUP_NAME for p in Path(out).resolve().parents
+                   if (p / ".medti" / LOOKUP_NAME).is_file()), None)
+    paths = {}
+    if lookup is not None:
+        for line in lookup.read_text(encoding="ascii").splitlines():
+            entry = json.loads(line)
+            paths[entry["id"]] = entry["path"]
+
+    def shown(input_id: str) -> str:
+        path = paths.get(input_id, f"?{input_id}")
+        if src is not None:
+            root = str(Path(src).resolve()) + "/"
+            return path[len(root):] if path.startswith(root) else path
+        return path
+
+    table["path"] = pd.Series([shown(i) for i in table.input_id], index=table.index, dtype=object)
+    return table
 
 
 def image(out: Path, rel: str) -> np.ndarray:

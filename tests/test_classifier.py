@@ -283,3 +283,128 @@ def test_a_named_checkpoint_folder_keeps_what_else_it_holds(toy, tmp_path):
     train_classifier(real, tmp_path / "run", settings=fast_settings(steps=20, checkpoint_every=10), seed=0,
                      checkpoint_dir=folder)
     assert sorted(p.name for p in folder.iterdir()) == ["notes.txt"]
+
+
+# -- the paper's augmentation --------------------------------------------------------------------------------
+
+OFF = {k: 0.0 for k in ("hflip", "affine", "distort", "gamma", "noise", "channel_dropout")}
+
+
+def test_paper_augmentation_is_seeded_in_range_and_does_what_it_says():
+    import torch
+
+    from medti.classifier.training import augment, augment_paper
+
+    x = torch.rand(64, 3, 32, 32)
+    a = augment_paper(x, torch.Generator().manual_seed(1))
+    assert torch.equal(a, augment_paper(x, torch.Generator().manual_seed(1)))  # the run's seed decides
+    assert a.shape == x.shape and a.min() >= 0 and a.max() <= 1 and not torch.allclose(a, x, atol=0.05)
+    g = torch.Generator().manual_seed(2)
+    assert torch.allclose(augment_paper(x, g, OFF), x, atol=1e-4)  # nothing drawn: the images as they were
+    assert torch.allclose(augment_paper(x, g, {**OFF, "hflip": 1.0}), x.flip(-1), atol=1e-4)
+    dropped = augment_paper(x, g, {**OFF, "channel_dropout": 1.0})
+    zero = dropped.abs().sum(dim=(2, 3)) == 0
+    assert (zero.sum(dim=1) == 1).all()  # exactly one channel of each image set to 0, the others untouched
+    assert torch.allclose(dropped[~zero], x[~zero])
+    noisy = augment_paper(torch.full((8, 3, 64, 64), 0.5), g, {**OFF, "noise": 1.0})
+    assert 0.01 < float(noisy.std(dim=(1, 2, 3)).min()) and float(noisy.std(dim=(1, 2, 3)).max()) < 0.03
+    gamma = augment_paper(torch.full((256, 3, 4, 4), 0.5), g, {**OFF, "gamma": 1.0})[:, 0, 0, 0]
+    assert 0.5 ** 1.2 - 1e-6 <= float(gamma.min()) < 0.5 < float(gamma.max()) <= 0.5 ** 0.8 + 1e-6
+    # Heavy, not mild: rotations up to 45 degrees move a smooth image much more than medti's mild scheme does.
+    ramp = torch.linspace(0, 1, 48).view(1, 1, 1, 48).expand(64, 3, 48, 48).contiguous()
+    heavy = (augment_paper(ramp, g, {**OFF, "affine": 1.0}) - ramp).abs().mean()
+    mild = (augment(ramp, g) - ramp).abs().mean()
+    assert heavy > 1.5 * mild  # (the mild one also shifts brightness and contrast)
+    for distortion in ({"distort": 1.0},):  # optical or elastic warps: the grid moves, nothing else changes
+        warped = augment_paper(ramp, g, {**OFF, **distortion})
+        assert warped.min() >= 0 and warped.max() <= 1 and not torch.allclose(warped, ramp, atol=1e-3)
+
+
+def test_augment_levels_train_and_are_checked(toy, tmp_path):
+    _, real, _ = toy
+    result = train_classifier(real, tmp_path / "paper", settings=fast_settings(steps=4, eval_every=2, augment="paper"))
+    assert np.isfinite(result.metrics["test_auc"])
+    with pytest.raises(ConfigError, match="classifier.augment"):
+        fast_settings(augment="heavy").validate()
+
+
+def test_augment_and_pretrained_flags(tmp_path, monkeypatch):
+    base = ["train-classifier", "--real", "r.csv", "--out", "o"]
+    assert _captured_settings(monkeypatch, [*base, "--augment", "paper"])["settings"].augment == "paper"
+    assert _captured_settings(monkeypatch, [*base, "--augment"])["settings"].augment is True
+    assert _captured_settings(monkeypatch, [*base, "--no-augment"])["settings"].augment is False
+    assert _captured_settings(monkeypatch, [*base, "--pretrained", "imagenet"])["settings"].pretrained == "imagenet"
+    assert _captured_settings(monkeypatch, [*base, "--no-pretrained"])["settings"].pretrained is False
+
+
+# -- ImageNet weights, offline ---------------------------------------------------------------------------------
+
+def torchvision_resnet18_state(seed: int = 0) -> dict:
+    """A random state dict with torchvision's resnet18 key names and shapes, written out here (no torchvision):
+    the stem, four stages of two basic blocks (a 1x1 downsample in the first block of stages 2-4), the
+    1000-class head; no ``num_batches_tracked`` (as in the release file)."""
+    import torch
+
+    def bn(prefix, c):
+        return [(f"{prefix}.{k}", (c,)) for k in ("weight", "bias", "running_mean", "running_var")]
+
+    keys = [("conv1.weight", (64, 3, 7, 7)), *bn("bn1", 64)]
+    for stage, (cin, cout) in enumerate([(64, 64), (64, 128), (128, 256), (256, 512)], start=1):
+        for block in (0, 1):
+            p, first = f"layer{stage}.{block}", (cin if block == 0 else cout)
+            keys += [(f"{p}.conv1.weight", (cout, first, 3, 3)), *bn(f"{p}.bn1", cout),
+                     (f"{p}.conv2.weight", (cout, cout, 3, 3)), *bn(f"{p}.bn2", cout)]
+            if block == 0 and stage > 1:
+                keys += [(f"{p}.downsample.0.weight", (cout, cin, 1, 1)), *bn(f"{p}.downsample.1", cout)]
+    keys += [("fc.weight", (1000, 512)), ("fc.bias", (1000,))]
+    g = torch.Generator().manual_seed(seed)
+    return {k: torch.rand(shape, generator=g) + 0.5 for k, shape in keys}  # positive: running_var must be
+
+
+def test_imagenet_weights_of_torchvisions_layout_load_offline(tmp_path, monkeypatch):
+    import torch
+
+    from medti.classifier.networks import NetworkSpec, build_network, imagenet_file
+
+    state = torchvision_resnet18_state()
+    assert len(state) == 102  # 20 convolutions, 20 batch norms x 4, the head's 2
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    path = imagenet_file("resnet18")
+    assert path == tmp_path / "torch" / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
+    path.parent.mkdir(parents=True)
+    torch.save(state, path)
+    spec = NetworkSpec(arch="resnet18", num_classes=2)
+    torch.manual_seed(0)
+    scratch = build_network(spec).state_dict()
+    for pretrained in ("imagenet", True, str(path)):
+        torch.manual_seed(0)
+        own = build_network(spec, pretrained=pretrained).state_dict()
+        for key, value in state.items():
+            if key.startswith("fc."):
+                continue
+            assert torch.equal(own[key], value), key
+            assert not torch.equal(scratch[key], value), key  # the weights changed
+        assert own["fc.weight"].shape == (2, 512) and torch.equal(own["fc.weight"], scratch["fc.weight"])  # new head
+
+
+def test_missing_or_foreign_imagenet_weights_are_one_clear_line(toy, tmp_path, monkeypatch, capsys):
+    import torch
+
+    from medti.classifier.networks import NetworkSpec, build_network
+    from medti.errors import ModelError
+
+    _, real, _ = toy
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty"))
+    err = one_line_error(capsys, ["train-classifier", "--real", str(real), "--out", str(tmp_path / "run"),
+                                  "--arch", "resnet18", "--width", "1", "--size", "32", "--steps", "2",
+                                  "--pretrained", "imagenet"])
+    expected = tmp_path / "empty" / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
+    assert f"the ImageNet weights for resnet18 are not at {expected}" in err
+    assert "https://download.pytorch.org/models/resnet18-f37072fd.pth and place it there" in err
+    assert not (tmp_path / "run").exists()
+    foreign = {k: v for k, v in torchvision_resnet18_state().items() if not k.startswith("layer4")}
+    torch.save(foreign, tmp_path / "foreign.pth")
+    with pytest.raises(ModelError, match="foreign.pth: the weights do not fit resnet18"):
+        build_network(NetworkSpec(arch="resnet18", num_classes=2), pretrained=str(tmp_path / "foreign.pth"))
+    with pytest.raises(ConfigError, match="classifier.width"):
+        build_network(NetworkSpec(arch="resnet18", num_classes=2, width=0.5), pretrained="imagenet")

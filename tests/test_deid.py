@@ -16,7 +16,15 @@ import yaml
 from preprocess_support import copy_pydicom_files
 
 from medti.cli import main
-from medti.deid import IDENTIFYING_KEYWORDS, Deidentifier, load_salt, redact, redact_path, salt_path
+from medti.deid import (
+    IDENTIFYING_KEYWORDS,
+    Deidentifier,
+    load_salt,
+    read_input_paths,
+    redact,
+    redact_path,
+    salt_path,
+)
 from medti.errors import ConfigError
 from medti.phantoms import generate_phantoms
 
@@ -104,7 +112,8 @@ def project(tmp_path):
 
 
 def written_files(tmp_path: Path, inputs: Path) -> list[Path]:
-    return [p for p in tmp_path.rglob("*") if p.is_file() and inputs not in p.parents]
+    """Every file written, but the inputs and the private, git-ignored .medti/ (salt, id -> path lookup)."""
+    return [p for p in tmp_path.rglob("*") if p.is_file() and inputs not in p.parents and ".medti" not in p.parts]
 
 
 def test_no_planted_value_reaches_any_output(tmp_path, project, tracking_env, capfd, monkeypatch):
@@ -117,9 +126,11 @@ def test_no_planted_value_reaches_any_output(tmp_path, project, tracking_env, ca
                    "--log", str(project / "logs" / f"prepare_{modality}.log")])
         assert rc == 0
     stdio = "".join(capfd.readouterr())
-    chest_rejects = pd.read_csv(project / "data" / "prepared" / "chest_xray" / "rejects.csv")
+    chest_rejects = pd.read_csv(project / "data" / "prepared" / "chest_xray" / "rejects.csv", dtype=str)
     assert set(chest_rejects.kind) == {"no_pixels", "unsupported_syntax", "no_label"}
-    assert "[redacted]/unlabelled.dcm" in set(chest_rejects.path)  # the folder named after the PatientID
+    lookup = read_input_paths(project)  # the private lookup beside the salt names the folder (for the user only)
+    named = [lookup[i] for i in chest_rejects.input_id]
+    assert any(p.endswith(f"{planted_identity(92)['PatientID']}/unlabelled.dcm") for p in named)
     assert (tmp_path / "mlflow.db").is_file() and list((tmp_path / "mlartifacts").rglob("summary.json"))
     files = written_files(tmp_path, inputs)
     assert len(files) > 25  # images, manifests, rejects, summaries, figures, logs, salt, the MLflow store
@@ -156,8 +167,9 @@ def test_subject_ids_are_salted_hashes_with_the_salt_in_an_untracked_file(tmp_pa
     assert not set(other.subject_id) & set(table.subject_id)
     assert len(other) == len(table) and (tmp_path / "other_salt").is_file()
     # in this repository the salt's place is git-ignored, so it is never committed
-    ignored = subprocess.run(["git", "check-ignore", "-q", ".medti/salt"], cwd=ROOT)
-    assert ignored.returncode == 0
+    for private in (".medti/salt", ".medti/input-paths.jsonl"):
+        ignored = subprocess.run(["git", "check-ignore", "-q", private], cwd=ROOT)
+        assert ignored.returncode == 0, private
 
 
 def test_a_salt_too_short_is_refused(tmp_path, monkeypatch):

@@ -233,3 +233,31 @@ def test_an_embedding_of_the_wrong_width_is_refused_by_name(tiny_model_dir, tmp_
     with pytest.raises(ModelError, match="narrow.safetensors: embedding width 32 does not match"):
         install_embeddings(model, [path])
 
+
+
+def test_identical_embeddings_are_identical_files_in_every_process(tmp_path):
+    """The safetensors header is canonical (sorted keys): the same tensor and metadata, saved by two processes
+    with different hash seeds and metadata given in different orders, give the same bytes (and dvc.lock hash)."""
+    script = """
+import sys, torch
+from medti.embeddings import Embedding, export_embedding, save_embedding
+meta = {"steps": "40", "base_model": "tiny", "seed": "7", "lr": "0.005", "medti_version": "0.1", "images": "12"}
+if sys.argv[2] == "reversed":
+    meta = dict(reversed(list(meta.items())))
+vectors = torch.randn((4, 32), generator=torch.Generator().manual_seed(3))
+emb = Embedding(token="<chest_xray-opacity>", vectors=vectors, metadata=meta)
+save_embedding(emb, sys.argv[1] + ".safetensors")
+export_embedding(emb, sys.argv[1] + "_kohya.safetensors", "kohya")
+"""
+    for name, seed, order in (("a", "1", "forward"), ("b", "2", "reversed"), ("c", "3", "forward")):
+        env = {**os.environ, "PYTHONHASHSEED": seed}
+        subprocess.run([sys.executable, "-c", script, str(tmp_path / name), order], check=True, env=env)
+    for suffix in (".safetensors", "_kohya.safetensors"):
+        files = {(tmp_path / f"{n}{suffix}").read_bytes() for n in "abc"}
+        assert len(files) == 1, suffix
+    data = (tmp_path / "a.safetensors").read_bytes()
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + n])
+    assert list(header["__metadata__"]) == sorted(header["__metadata__"]) and (8 + n) % 8 == 0
+    emb = load_embedding(tmp_path / "a.safetensors")  # still an ordinary safetensors file
+    assert emb.token == "<chest_xray-opacity>" and emb.metadata["seed"] == "7" and emb.num_vectors == 4

@@ -75,12 +75,21 @@ def test_roc_data_is_long_format_from_0_to_1(evaluated):
     assert confusion.groupby("condition")["count"].sum().to_dict() == {c: 24 * len(SEEDS) for c in CONDITIONS}
 
 
-def test_quality_in_the_classifier_feature_space(evaluated):
+def test_quality_in_the_classifier_feature_space(toy, evaluated):
     details = json.loads((evaluated / "evaluate.json").read_text())
     assert details["feature_classifier"]["condition"] == "real" and details["feature_classifier"]["n_synthetic"] == 0
     q = details["quality"]["classifier"]
-    assert q["synthetic_vs_real_train"]["fd"] > 0 and q["synthetic_vs_real_train"]["n_a"] == 25
-    assert set(q["per_class"]) == set(CLASSES)
+    # The paper's protocol: the reference is the embeddings' training images (ti_subset), and the synthetic set
+    # and the yardstick (the real test set) are measured on as many images each (25 synthetic, 24 test).
+    real = pd.read_csv(toy.real)
+    n_ti = int(real[(real["split"] == "train")]["ti_subset"].astype(str).str.lower().eq("true").sum())
+    assert q["reference"] == "ti" and q["n_reference"] == n_ti < int((real["split"] == "train").sum())
+    syn, test = q["synthetic_vs_real_train"], q["real_test_vs_real_train"]
+    assert syn["fd"] > 0 and syn["n_a"] == test["n_a"] == 24 and syn["n_b"] == test["n_b"] == n_ti
+    assert syn["kid_subset_size"] <= min(syn["n_a"], syn["n_b"]) // 2 and syn["kid_std"] > 0
+    assert set(q["per_class"]) == set(CLASSES) == set(q["per_class_real_test"])
+    for c in CLASSES:
+        assert q["per_class"][c]["n_a"] == q["per_class_real_test"][c]["n_a"] == 12
     try:
         import torch_fidelity  # noqa: F401
     except ImportError:
@@ -96,12 +105,22 @@ def test_memorisation_flags_the_planted_copy_and_nothing_else(toy, evaluated):
     assert list(flagged["path"]) == [toy.planted]
     row = flagged.iloc[0]
     assert row["nearest_pixel"] == toy.planted_source and row["pixel_similarity"] == pytest.approx(1.0)
-    assert row["nearest_feature"] == toy.planted_source and row["closer_than_real_test"]
+    assert row["nearest_feature"] == toy.planted_source and row["flagged"]
     assert row["embedding"] == f"<{MODALITY}-lesion>"
     assert table.loc[~table["near_copy"], "pixel_similarity"].max() < 0.95
+    # The calibrated flag (level 0.05 against the real test images' own similarities) flags the copy only.
+    assert list(table.loc[table["flagged"], "path"]) == [toy.planted]
     details = json.loads((evaluated / "evaluate.json").read_text())
     audit = details["memorisation"]
-    assert audit["overall"]["near_copies"] == 1
+    assert audit["overall"]["near_copies"] == 1 and audit["overall"]["flagged"] == 1
+    assert audit["level"] == 0.05 and 0 < audit["overall"]["expected_flags"] <= 0.05 * 25
+    for c in CLASSES:  # 12 test images a class are too few for level 0.05: the pooled 24 are the null
+        s = audit["per_class"][c]
+        assert s["null"] == "pooled" and s["n_null"] == 24 and s["expected_share"] == pytest.approx(1 / 25)
+        assert s["flag_threshold"] == pytest.approx(max(audit["per_class"][k]["real_test_pixel_similarity_max"]
+                                                        for k in CLASSES))  # k = n: the largest of the 24
+    metrics = json.loads((evaluated / "metrics.json").read_text())["memorisation"]
+    assert metrics["level"] == 0.05 and metrics["flagged"] == 1 and "flag_threshold_lesion" in metrics
     assert audit["per_class"]["lesion"]["near_copies"] == 1 and audit["per_class"]["normal"]["near_copies"] == 0
     # Embedding files and their checksums are recorded.
     assert set(details["embeddings"]) == set(CLASSES)
@@ -124,6 +143,55 @@ def test_pixel_correlation_finds_near_copies():
     assert list(table["near_copy"]) == [True, True, False, False]
     assert list(table["nearest_pixel"][:2]) == ["t7", "t3"]
     assert audit["overall"]["near_copies"] == 2
+    # two real test images are too few for a calibrated flag at level 0.05: none, and the summary says so
+    assert not table["flagged"].any() and audit["per_class"]["a"]["flag_threshold"] is None
+
+
+def _null_world(seed: int, n_train: int, n_test: int, n_synthetic: int, planted: int | None = None):
+    """Random 16 px images: synthetic and real test images alike drawn fresh (no copying), and optionally
+    training image ``planted`` copied into the synthetic set (last)."""
+    rng = np.random.default_rng(seed)
+    train = rng.integers(0, 255, (n_train, 16, 16, 3)).astype(np.uint8)
+    test = rng.integers(0, 255, (n_test, 16, 16, 3)).astype(np.uint8)
+    syn = rng.integers(0, 255, (n_synthetic, 16, 16, 3)).astype(np.uint8)
+    if planted is not None:
+        syn = np.concatenate([syn, train[planted][None]])
+    frame = lambda n, prefix: pd.DataFrame({"rel": [f"{prefix}{i}" for i in range(n)], "label": [0] * n,  # noqa: E731
+                                            "class": ["a"] * n, "modality": ["m"] * n, "ti_subset": [True] * n})
+    pixels = {"synthetic": pixel_vectors(syn, 16), "real_train": pixel_vectors(train, 16),
+              "real_test": pixel_vectors(test, 16)}
+    return frame(len(syn), "s"), frame(n_train, "t"), frame(n_test, "u"), pixels
+
+
+def test_the_calibrated_flag_flags_a_planted_copy_and_nothing_else():
+    syn, train, test, pixels = _null_world(seed=3, n_train=60, n_test=39, n_synthetic=12, planted=17)
+    table, audit = memorisation_audit(syn, train, test, pixels, pixels, ["a"], "m", 0.95, level=0.05)
+    assert list(table.loc[table["flagged"], "path"]) == ["s12"] and table.loc[12, "nearest_pixel"] == "t17"
+    a = audit["per_class"]["a"]
+    # 39 test images, level 0.05: the 38th smallest of their similarities; 2 / 40 flagged by chance
+    assert a["null"] == "class" and a["n_null"] == 39 and a["expected_share"] == pytest.approx(0.05)
+    assert a["flag_threshold"] == pytest.approx(np.sort(audit["real_test_pixel_similarity"])[37])
+    assert audit["level"] == 0.05 and a["flagged"] == 1 and a["expected_flags"] == pytest.approx(13 * 0.05)
+    assert (table["flag_threshold"] == a["flag_threshold"]).all()
+
+
+def test_with_no_copying_the_share_of_flags_is_the_level():
+    """Synthetic images drawn like the real test images: over many worlds, the flagged share is the level (the
+    old rule, closer than every real test image of the class, flagged about n_synthetic / (n_test + 1))."""
+    from medti.evaluate.memorisation import calibrated_threshold
+
+    rng = np.random.default_rng(4)
+    for level, n_test in ((0.05, 99), (0.1, 29)):
+        shares = []
+        for _ in range(400):
+            null, synthetic = rng.normal(0.3, 0.05, n_test), rng.normal(0.3, 0.05, 200)
+            shares.append(np.mean(synthetic > calibrated_threshold(null, level)["threshold"]))
+        assert np.mean(shares) == pytest.approx(level, abs=0.006)
+    # in the audit itself: many synthetic images, no copy
+    syn, train, test, pixels = _null_world(seed=5, n_train=80, n_test=99, n_synthetic=400)
+    table, audit = memorisation_audit(syn, train, test, pixels, pixels, ["a"], "m", 0.95, level=0.05)
+    assert not table["near_copy"].any()
+    assert 0.02 <= table["flagged"].mean() <= 0.09 and audit["per_class"]["a"]["expected_share"] == 0.05
 
 
 def test_tracks_metrics_and_figures_in_mlflow(toy, tmp_path, tracking_env):
@@ -189,18 +257,21 @@ def _captured(monkeypatch, argv: list[str]) -> dict:
 
 def test_standalone_and_pipeline_forms_give_the_same_settings(toy, tmp_path, monkeypatch):
     values = {"reference": "real_synthetic", "bootstrap": 321, "confidence": 0.9, "min_test_per_class": 3,
-              "quality": {"inception": "off", "max_images": 40, "kid_subsets": 7, "kid_subset_size": 20},
-              "memorisation": {"threshold": 0.8, "size": 24, "top_k": 3}}
+              "quality": {"inception": "off", "max_images": 40, "kid_subsets": 7, "kid_subset_size": 20,
+                          "reference": "train"},
+              "memorisation": {"threshold": 0.8, "size": 24, "top_k": 3, "level": 0.1}}
     params = _pipeline_params(toy, tmp_path, evaluate=values)
     pipeline = _captured(monkeypatch, ["evaluate", "--params", str(params), "--modality", MODALITY,
                                        "--conditions", "real,real_synthetic", "--seeds", "0,1"])
     flags = ["--reference", "real_synthetic", "--bootstrap", "321", "--confidence", "0.9", "--min-test-per-class", "3",
              "--inception", "off", "--max-images", "40", "--kid-subsets", "7", "--kid-subset-size", "20",
-             "--threshold", "0.8", "--memorisation-size", "24", "--top-k", "3", "--seed", "3"]
+             "--threshold", "0.8", "--memorisation-size", "24", "--top-k", "3", "--seed", "3",
+             "--quality-reference", "train", "--memorisation-level", "0.1"]
     standalone = _captured(monkeypatch, ["evaluate", "--classifiers", "c", "--real", "r.csv", "--out", "o",
                                          "--conditions", "real,real_synthetic", "--seeds", "0,1", *flags])
     assert pipeline["settings"] == standalone["settings"]
     assert pipeline["settings"].memorisation_size == 24 and pipeline["settings"].seed == 3
+    assert pipeline["settings"].quality_reference == "train" and pipeline["settings"].memorisation_level == 0.1
     assert pipeline["conditions"] == standalone["conditions"] == ["real", "real_synthetic"]
     assert pipeline["seeds"] == standalone["seeds"] == [0, 1]
     # the pipeline's paths are params.yaml's; a flag wins over params.yaml
@@ -299,3 +370,39 @@ def test_multiclass_experiment(tmp_path):
     confusion = pd.read_csv(tmp_path / "ev" / "confusion.csv")
     assert len(confusion) == 2 * 9 and confusion["count"].sum() == 2 * 18
     assert set(json.loads((tmp_path / "ev" / "evaluate.json").read_text())["memorisation"]["per_class"]) == set(classes)
+
+
+def test_inception_sees_the_images_at_their_prepared_size(tmp_path, monkeypatch):
+    """Inception FID/KID read the images at the size they were prepared (48 px) and generated (40 px) at, not
+    at the classifier's; only the rows the distances use, against the TI subset."""
+    import torch
+
+    from medti.classifier import read_rows
+    from medti.evaluate import quality
+    from medti.toydata import write_real_set, write_synthetic_set
+
+    real = read_rows(write_real_set(tmp_path / "real", per_split={"train": 10, "val": 2, "test": 6}, size=48), None)
+    synthetic = read_rows(write_synthetic_set(tmp_path / "syn", n_per_class=20, size=40), None)
+    frames = {"real_train": real[real["split"] == "train"], "real_test": real[real["split"] == "test"],
+              "synthetic": synthetic}
+    seen = []
+
+    def fake_net(images):
+        seen.append(tuple(images.shape[1:]))
+        x = images.float()
+        return (torch.stack([x.mean((1, 2, 3)), x.std((1, 2, 3)), x[:, 0].mean((1, 2)), x[:, :, :8].mean((1, 2, 3))],
+                            1),)
+
+    monkeypatch.setattr(quality, "inception_network", lambda: fake_net)
+    rng = np.random.default_rng(0)
+    features = {name: rng.normal(0, 1, (len(df), 6)) for name, df in frames.items()}
+    out = quality.image_quality(frames, features, ["normal", "lesion"], EvaluateSettings(kid_subsets=5))
+    assert set(seen) == {(3, 48, 48), (3, 40, 40)}
+    inc = out["inception"]
+    n_ti = int(frames["real_train"]["ti_subset"].astype(str).str.lower().eq("true").sum())
+    assert inc["image_size"] == "prepared" and inc["reference"] == "ti" and inc["n_reference"] == n_ti
+    assert inc["synthetic_vs_real_train"]["n_a"] == inc["real_test_vs_real_train"]["n_a"] == 12  # the test set's
+    assert np.isfinite(inc["synthetic_vs_real_train"]["fd"])
+    train_ref = quality.image_quality(frames, features, ["normal", "lesion"],
+                                      EvaluateSettings(kid_subsets=5, inception="off", quality_reference="train"))
+    assert train_ref["classifier"]["n_reference"] == 20 and train_ref["classifier"]["reference"] == "train"

@@ -131,6 +131,76 @@ def test_scheduler_names_map_to_the_diffusers_classes(model):
         make_scheduler("heun", model.noise_scheduler.config)
 
 
+# The scheduler configs the checkpoints ship (scheduler/scheduler_config.json); neither sets timestep_spacing.
+SD15_SCHEDULER = {"_class_name": "PNDMScheduler", "_diffusers_version": "0.6.0", "beta_end": 0.012,
+                  "beta_schedule": "scaled_linear", "beta_start": 0.00085, "num_train_timesteps": 1000,
+                  "set_alpha_to_one": False, "skip_prk_steps": True, "steps_offset": 1, "trained_betas": None,
+                  "clip_sample": False}
+SD20_SCHEDULER = {"_class_name": "PNDMScheduler", "_diffusers_version": "0.10.0.dev0", "beta_end": 0.012,
+                  "beta_schedule": "scaled_linear", "beta_start": 0.00085, "clip_sample": False,
+                  "num_train_timesteps": 1000, "prediction_type": "epsilon", "set_alpha_to_one": False,
+                  "skip_prk_steps": True, "steps_offset": 1, "trained_betas": None}
+SD20_768_SCHEDULER = dict(SD20_SCHEDULER, _class_name="DDIMScheduler", prediction_type="v_prediction")
+
+
+@pytest.mark.parametrize("config", [SD15_SCHEDULER, SD20_SCHEDULER, SD20_768_SCHEDULER],
+                         ids=["sd15", "sd20", "sd20-768"])
+def test_samplers_start_where_diffusers_own_defaults_start(config):
+    """medti loads a checkpoint's scheduler as a DDPMScheduler (which fills in DDPM's 'leading' spacing); each
+    sampler must still start where ``<Class>.from_config(<the checkpoint's config>)`` starts in diffusers:
+    Euler a and DPM-Solver++ at t=999 (Euler a from sigma ~14.6, as A1111), DDIM and PNDM at 951."""
+    import diffusers
+
+    from medti.generate.schedulers import describe_sampler, make_scheduler
+
+    loaded = diffusers.DDPMScheduler.from_config(config)  # as medti.models.loading loads it
+    assert loaded.config.timestep_spacing == "leading"
+    first = {}
+    for name, (cls_name, extra) in SCHEDULERS.items():
+        ours = make_scheduler(name, loaded.config)
+        theirs = getattr(diffusers, cls_name).from_config({**config, **extra})
+        for sched in (ours, theirs):
+            sched.set_timesteps(20)
+        assert torch.equal(ours.timesteps, theirs.timesteps), name
+        assert ours.config.prediction_type == config.get("prediction_type", "epsilon")
+        assert ours.config.steps_offset == 1 and ours.config.beta_schedule == "scaled_linear"
+        first[name] = int(ours.timesteps[0])
+        record = describe_sampler(name, loaded.config, 20)
+        assert record["class"] == cls_name and record["timesteps"][0] == first[name]
+        assert record["timesteps"] == [int(t) if float(t).is_integer() else pytest.approx(float(t), abs=1e-4)
+                                       for t in ours.timesteps.tolist()]
+        assert record["config"]["timestep_spacing"] == ours.config.timestep_spacing
+    assert first == {"dpmsolver++": 999, "euler_a": 999, "ddim": 951, "pndm": 951, "ddpm": 951}
+    euler = make_scheduler("euler_a", loaded.config)
+    euler.set_timesteps(20)
+    assert float(euler.sigmas[0]) == pytest.approx(14.61, abs=0.01) and float(euler.init_noise_sigma) > 14.6
+
+
+def test_a_spacing_the_model_config_sets_is_kept():
+    import diffusers
+
+    from medti.generate.schedulers import make_scheduler
+
+    loaded = diffusers.DDPMScheduler.from_config(dict(SD20_SCHEDULER, timestep_spacing="trailing"))
+    for name in SCHEDULERS:
+        sched = make_scheduler(name, loaded.config)
+        sched.set_timesteps(20)
+        assert sched.config.timestep_spacing == "trailing" and int(sched.timesteps[0]) == 999, name
+
+
+def test_generate_json_records_the_sampler_class_config_and_timesteps(model, tmp_path):
+    import json
+
+    generate_set(model, _spec(n_per_class=1, scheduler="euler_a"), tmp_path / "s", batch_size=2)
+    record = json.loads((tmp_path / "s" / "generate.json").read_text())
+    sampler = record["sampler"]
+    assert sampler["class"] == "EulerAncestralDiscreteScheduler" and sampler["name"] == "euler_a"
+    assert len(sampler["timesteps"]) == STEPS and sampler["timesteps"] == sorted(sampler["timesteps"], reverse=True)
+    assert sampler["config"]["num_train_timesteps"] == 1000 and "timestep_spacing" in sampler["config"]
+    # the sampler is part of what the images depend on: another sampler is another set
+    assert _spec(sampler=sampler).fingerprint() != _spec(sampler=dict(sampler, timesteps=[1, 2, 3])).fingerprint()
+
+
 # -- weighted prompts and blends ---------------------------------------------------------------------------------
 def test_weighted_prompt_parsing():
     assert parse_weighted_prompt("healthy:0.3 AND diseased:0.7").terms == (("healthy", 0.3), ("diseased", 0.7))

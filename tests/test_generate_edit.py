@@ -254,3 +254,33 @@ def test_inpaint_pipeline_mode_paints_a_class_and_rejects_a_wrong_mask(tmp_path,
     lines = [ln for ln in err.splitlines() if "medti: error:" in ln]
     assert rc == 2 and len(lines) == 1 and "small.png: the mask is 16x16 pixels but the image is 32x32" in lines[0]
     assert not (tmp_path / "bad").exists()
+
+
+def test_an_inpainting_unet_sees_the_masked_region_blanked_to_grey(model, tmp_path, monkeypatch):
+    """diffusers and A1111 blank the region to repaint to 0 in the VAE's [-1, 1] space (mid-grey), not to black
+    (-1); the 9-channel checkpoints were trained on such masked images."""
+    from diffusers import UNet2DConditionModel
+
+    from medti.generate.inpaint import load_image, masked_image
+    from medti.generate.sampling import Sampler
+
+    pixels, _ = load_image(_image(tmp_path / "scan.png", mode="RGB"))
+    hard = torch.from_numpy(make_mask(mask_spec(box="8,8,24,24"), (32, 32)))
+    blanked = masked_image(pixels[None], hard.view(1, 1, 32, 32))
+    assert torch.equal((blanked * 2 - 1)[..., hard == 1], torch.zeros(1, 3, int(hard.sum())))  # grey, not -1
+    assert torch.equal(blanked[..., hard == 0], pixels[None][..., hard == 0])
+
+    seen = []
+    encode = Sampler.encode_images
+
+    def spy(self, images):
+        seen.append(images.clone())
+        return encode(self, images)
+
+    monkeypatch.setattr(Sampler, "encode_images", spy)
+    config = dict(model.unet.config, in_channels=9)
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel.from_config({k: v for k, v in config.items() if not k.startswith("_")})
+    inpaint(model, pixels, hard.numpy(), ["a lesion"], [1], steps=2, unet=unet)
+    assert len(seen) == 2  # the start image, then the masked image for the UNet's extra channels
+    torch.testing.assert_close(seen[1], blanked)

@@ -58,7 +58,7 @@ def messy(tmp_path):
                                                    and n not in ("MR_small_RLE.dcm", "MR_small_bigendian.dcm")]
     rows += [("MR_small_bigendian.dcm", "tumour"), ("gone/missing.dcm", "b")]
     labels = write_labels(src / "labels.csv", "path", rows)
-    expected[f"labels.csv:{len(rows) + 1}"] = "label_without_image"  # the last row (after the header line)
+    expected[f"labels.csv#line{len(rows) + 1}"] = "label_without_image"  # the last row (after the header line)
     source = {"type": "dicom", "path": str(src), "labels": {"csv": str(labels), "key": "path"}, "subject_from": "file"}
     return source, expected
 
@@ -68,16 +68,18 @@ def test_every_bad_input_is_skipped_with_a_one_line_reason(tmp_path, messy, capl
     with caplog.at_level(logging.INFO, logger="medti.prepare"):
         result = run_prepare(tmp_path, source, workers=2)
     out = tmp_path / "out"
-    listed = rejects(out)
+    listed = rejects(out, tmp_path / "src")
     assert dict(zip(listed.path, listed.kind)) == expected
+    assert all(len(i) == 16 for i in listed.input_id)  # rejects.csv names inputs by salted ids only
+    assert not any(name.split("#")[0] in (out / "rejects.csv").read_text() for name in expected)
     assert all(reason and "\n" not in reason for reason in listed.reason)
     reasons = dict(zip(listed.path, listed.reason))
     assert "High-Throughput JPEG 2000" in reasons["htj2k.dcm"]
     assert reasons["rtplan.dcm"] == "no pixel data (a RT Plan Storage object)"
     assert reasons["four_channels.dcm"].startswith("4 samples per pixel")
-    assert "'tumour' is not a class" in reasons["MR_small_bigendian.dcm"]
+    assert "the label is not a class" in reasons["MR_small_bigendian.dcm"]  # the raw value is not shown
     orphan = next(path for path, kind in expected.items() if kind == "label_without_image")
-    assert "gone/missing.dcm" in reasons[orphan]
+    assert reasons[orphan] == f"labels file line {orphan.split('#line')[1]}: no image has this path"
     assert len(manifest(out)) == len(GOOD) == result.images and result.rejected == len(expected)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["rejected_by_kind"]["unreadable"] == 3 and summary["rejected_by_kind"]["not_dicom"] == 2
@@ -89,8 +91,12 @@ def test_on_error_fail_stops_at_the_first_bad_file_and_writes_nothing(tmp_path, 
     with pytest.raises(InputError) as err:
         run_prepare(tmp_path, source, on_error="fail")
     message = str(err.value)
-    assert "\n" not in message and "(prepare.on_error is fail)" in message
-    assert any(str(tmp_path / "src" / name) in message for name in expected)
+    assert "\n" not in message and "(prepare.on_error is fail;" in message
+    assert not any(name in message for name in expected) and str(tmp_path) not in message
+    from medti.deid import read_input_paths
+
+    (shown,) = err.value.input_paths  # the input's id, which the private lookup maps to its path
+    assert shown in message and read_input_paths(tmp_path)[shown].startswith(str(tmp_path / "src"))
     assert not (tmp_path / "out").exists()
     assert [p.name for p in tmp_path.glob(".out*")] in ([], [".out.resume"])  # at most the journal of a rerun
 
@@ -103,8 +109,10 @@ def test_nothing_usable_is_an_error_that_counts_the_rejects(tmp_path):
     labels = write_labels(tmp_path / "labels.csv", "path", [("rtplan.dcm", "a")])
     with pytest.raises(InputError) as err:
         run_prepare(tmp_path, {"type": "dicom", "path": str(src), "labels": {"csv": str(labels), "key": "path"}})
-    assert str(err.value) == (f"{src}: no usable images (2 inputs; rejected: not_dicom 1, no_pixels 1; "
-                              f"e.g. a.txt: not a DICOM file)")
+    message = str(err.value)
+    assert message.startswith("source.path: no usable images (2 inputs; rejected: not_dicom 1, no_pixels 1; "
+                              "e.g. input ") and message.endswith(": not a DICOM file)")
+    assert str(src) not in message and "a.txt" not in message
     assert not (tmp_path / "out").exists()
 
 
@@ -119,23 +127,23 @@ def test_wrong_channel_counts_in_volumes_and_images(tmp_path):
     vols = tmp_path / "vols"
     vols.mkdir()
     for case in range(6):
-        sitk.WriteImage(sitk.GetImageFromArray(np.full((4, 8, 8), case, np.float32)), str(vols / f"c{case}.mha"))
-    vector = sitk.GetImageFromArray(np.zeros((4, 8, 8, 2), np.float32), isVector=True)
+        sitk.WriteImage(sitk.GetImageFromArray(np.full((4, 16, 16), case, np.float32)), str(vols / f"c{case}.mha"))
+    vector = sitk.GetImageFromArray(np.zeros((4, 16, 16, 2), np.float32), isVector=True)
     sitk.WriteImage(vector, str(vols / "two_components.mha"))
     labels = write_labels(tmp_path / "labels.csv", "path",
                           [(f"c{c}.mha", "ab"[c % 2]) for c in range(6)] + [("two_components.mha", "a")])
     run_prepare(tmp_path, {"type": "volume", "path": str(vols), "labels": {"csv": str(labels), "key": "path"},
                            "subject_from": "case"}, size=8)
-    listed = rejects(tmp_path / "out")
+    listed = rejects(tmp_path / "out", vols).drop(columns="input_id")
     assert listed.to_dict("records") == [{"path": "two_components.mha", "kind": "bad_channels",
                                           "reason": "2 components per voxel; expected 1 (one sequence per file)"}]
 
 
 # -- configuration problems: at once, before any input is read ----------------------------------------------------
 @pytest.mark.parametrize("change,error,fragment", [
-    ({"labels": {"csv": "nowhere.csv", "key": "path"}}, ConfigError, "nowhere.csv: labels file not found"),
+    ({"labels": {"csv": "nowhere.csv", "key": "path"}}, ConfigError, "source.labels.csv: the labels file is not there"),
     ({"labels": {"csv": "labels.csv", "key": "StudyInstanceUID"}}, ConfigError,
-     "labels.csv: no column 'StudyInstanceUID'"),
+     "source.labels.csv: the labels file has no column 'StudyInstanceUID'"),
     ({"labels": {"csv": "labels.csv", "key": "case"}}, ConfigError, "'case' cannot name an image of this source"),
     ({"labels": {"csv": "labels.csv"}}, ConfigError, "source.labels.key: required with labels.csv"),
     ({"labels": None}, ConfigError, "a DICOM source needs labels.csv (with key) or labels.tag"),
@@ -144,7 +152,7 @@ def test_wrong_channel_counts_in_volumes_and_images(tmp_path):
      "'x' maps to 'c', which is not a class"),
     ({"subject_from": "Patient"}, ConfigError, "source.subject_from: 'Patient' is not one of file, folder"),
     ({"subject_from": "re:(unclosed"}, ConfigError, "source.subject_from: not a valid regular expression"),
-    ({"path": "absent"}, InputError, "absent: source folder not found"),
+    ({"path": "absent"}, InputError, "source.path: the source folder is not there"),
     ({"series": {"channels": ["T2W", "ADC"]}}, ConfigError, "source.series.channels: give 1 or 3 sequences"),
     ({"series": {"channels": ["T2W"], "group_by": "Study"}}, ConfigError, "source.series.group_by: 'Study' is not"),
     ({"series": {"channels": ["T2W"]}, "slice": "largest_lesion"}, ConfigError,
@@ -191,7 +199,7 @@ def test_the_command_line_prints_one_error_line(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     src = tmp_path / "folder"
     (src / "a").mkdir(parents=True)
-    Image.fromarray(np.zeros((8, 8), np.uint8)).save(src / "a" / "x.png")
+    Image.fromarray(np.zeros((16, 16), np.uint8)).save(src / "a" / "x.png")
     rc = main(["prepare", "--source-type", "folder", "--input", str(src), "--classes", "a,b", "--out",
                str(tmp_path / "out"), "--split", "1,1"])
     err = capsys.readouterr().err.strip().splitlines()

@@ -164,7 +164,9 @@ def test_an_undecodable_syntax_is_rejected_naming_file_and_syntax(tmp_path, synt
     with pytest.raises(InputError) as failed:
         run_prepare(tmp_path, source, on_error="fail")
     message = str(failed.value)
-    assert bad.name in message and fragment in message and "\n" not in message
+    (input_id,) = failed.value.input_paths  # named by its salted id; the path is for --show-paths only
+    assert bad.name not in message and input_id in message and fragment in message and "\n" not in message
+    assert failed.value.input_paths[input_id] == str(bad.resolve())
     assert not (tmp_path / "out").exists()  # nothing half-written
 
 
@@ -187,7 +189,7 @@ def mixed(tmp_path_factory):
             for name in sorted(p.name for p in src.glob("*.dcm"))]
     labels = write_labels(tmp / "labels.csv", "path", rows)
     result = run_prepare(tmp, {"type": "dicom", "path": str(src), "labels": {"csv": str(labels), "key": "path"}},
-                         workers=2, size=32)
+                         workers=2, size=32, min_size=8)  # rtdose.dcm's frames are 10 x 10
     return tmp, src, result
 
 
@@ -197,7 +199,7 @@ def test_a_real_folder_is_ingested_with_every_problem_listed(mixed):
     table = manifest(out)
     assert len(table) == len(GOOD) == result.images
     assert table.subject_id.nunique() == len(SUBJECT_CLASS)
-    kinds = dict(zip(rejects(out).path, rejects(out).kind))
+    kinds = dict(zip(rejects(out, src).path, rejects(out, src).kind))
     assert kinds == {"image_dfl.dcm": "no_subject",       # an empty PatientID: the subject is unknown
                      "rtplan.dcm": "no_pixels", "MR_truncated.dcm": "unreadable", "notes.txt": "not_dicom"}
     for row in table.to_dict("records"):

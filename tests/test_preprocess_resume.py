@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from preprocess_support import run_prepare
+from preprocess_support import rejects, run_prepare
 
 from medti.preprocess.dicom import DicomSource
 from medti.preprocess.resume import resume_folder
@@ -109,7 +109,7 @@ def slow(self, relpath, ctx):
     time.sleep(0.15)
     return process(self, relpath, ctx)
 DicomSource.process = slow
-from preprocess_support import run_prepare
+from preprocess_support import rejects, run_prepare
 from pathlib import Path
 run_prepare(Path({str(tmp_path)!r}), {source(phantoms)!r}, {CLASSES!r}, out="killed", size=32, workers=2)
 """
@@ -197,8 +197,9 @@ def test_an_unexpected_error_is_retried_and_a_reject_is_replayed(tmp_path, phant
     failing(monkeypatch, calls, {bad: AssertionError("a replayed input is not read again")})
     result = run_prepare(tmp_path, source(phantoms), CLASSES, out="out", size=32)
     assert sorted(calls) == sorted([flaky, *names[12:]])
-    listed = (result.out / "rejects.csv").read_text()
-    assert f"{bad},not_dicom,not a DICOM file" in listed and flaky not in listed
+    listed = rejects(result.out, phantoms)
+    assert listed.drop(columns="input_id").to_dict("records") == [
+        {"path": bad, "kind": "not_dicom", "reason": "not a DICOM file"}]  # replayed from the journal
 
 
 def test_a_cut_off_journal_line_is_dropped_and_the_run_goes_on(tmp_path, phantoms, monkeypatch):

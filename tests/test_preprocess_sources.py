@@ -78,7 +78,7 @@ def test_an_empty_organ_mask_is_a_listed_reject(tmp_path):
     labels = write_labels(tmp_path / "labels.csv", "case", [(f"p{c}", "ab"[c % 2]) for c in range(7)])
     run_prepare(tmp_path, {"type": "volume", "path": str(src), "labels": {"csv": str(labels), "key": "case"},
                            "slice": "mask_middle", "mask": "*_organ.mha", "subject_from": "case"}, size=16)
-    table = rejects(tmp_path / "out")
+    table = rejects(tmp_path / "out", src)
     assert table.path.tolist() == ["p0.mha", "p0_organ.mha"]
     assert set(table.kind) == {"empty_mask"} and "organ mask is empty" in table.reason[0]
 
@@ -119,8 +119,9 @@ def test_three_sequences_are_resampled_to_one_grid_and_stacked(tmp_path):
     out = tmp_path / "out"
     table = manifest(out)
     assert len(table) == 6 and table.subject_id.nunique() == 6  # subject: the case's folder
-    assert rejects(out).to_dict("records") == [{"path": "c0/notes.txt", "kind": "unused_file",
-                                                "reason": "not a volume file and is no case's mask"}]
+    listed = rejects(out, src).drop(columns="input_id").to_dict("records")
+    assert listed == [{"path": "c0/notes.txt", "kind": "unused_file",
+                       "reason": "not a volume file and is no case's mask"}]
     rgb = image(out, table.path[0]).astype(float) / 255
     assert rgb.shape == (64, 64, 3)
     # The middle T2W slice (z = 16 mm) cuts the lesion; on every channel it lies at the same pixels.
@@ -143,7 +144,7 @@ def test_a_case_missing_a_sequence_is_listed(tmp_path):
     run_prepare(tmp_path, {"type": "volume", "path": str(src), "labels": {"csv": str(labels), "key": "path"},
                            "sequences": ["*_t2w.nii.gz", "*_adc.nii.gz", "*_hbv.nii.gz"], "subject_from": "case"},
                 size=32)
-    table = rejects(tmp_path / "out")
+    table = rejects(tmp_path / "out", src)
     assert table.path.tolist() == ["c0_adc.nii.gz", "c0_t2w.nii.gz"]
     assert set(table.kind) == {"missing_sequence"} and "*_hbv.nii.gz" in table.reason[0]
     assert len(manifest(tmp_path / "out")) == 6
@@ -184,7 +185,7 @@ def test_class_subfolders_keep_grey_and_colour_and_list_the_rest(tmp_path):
     out = tmp_path / "out"
     table = manifest(out)
     assert len(table) == 6 + 2 + 1 and table["class"].value_counts().to_dict() == {"a": 5, "b": 4}
-    kinds = dict(zip(rejects(out).path, rejects(out).kind))
+    kinds = dict(zip(rejects(out, src).path, rejects(out, src).kind))
     assert kinds == {"b/la.png": "bad_channels", "b/alpha.png": "bad_channels", "loose.png": "no_label",
                      "a/readme.md": "not_image"}
     outputs = {tuple(image(out, p)[..., 0].ravel()[:50]) for p in table.path}
@@ -211,10 +212,10 @@ def test_a_labels_csv_names_images_and_both_kinds_of_orphans_are_listed(tmp_path
     table = manifest(out)
     assert len(table) == 7 and table["class"].value_counts().to_dict() == {"a": 3, "b": 4}
     assert image(out, table.path[0]).shape == (20, 20, 3)
-    listed = rejects(out).set_index("path")
+    listed = rejects(out, src).set_index("path")
     assert listed.loc["unlabelled.png", "kind"] == "no_label"
-    assert (listed.loc["labels.csv:9", "kind"] == "label_without_image"
-            and "gone.png" in listed.loc["labels.csv:9", "reason"])
+    assert (listed.loc["labels.csv#line9", "kind"] == "label_without_image"
+            and listed.loc["labels.csv#line9", "reason"] == "labels file line 9: no image has this path")
     assert "labels.csv" not in listed.index  # the labels file inside the folder is not an input
 
 
@@ -261,11 +262,11 @@ def test_medmnist_format_with_three_labels_keeps_two(tmp_path):
     rng = np.random.default_rng(1)
     arrays = {}
     for split, n in (("train", 30), ("val", 9), ("test", 9)):
-        arrays[f"{split}_images"] = rng.integers(0, 256, (n, 8, 8, 3), dtype=np.uint8)  # an RGB subset
+        arrays[f"{split}_images"] = rng.integers(0, 256, (n, 16, 16, 3), dtype=np.uint8)  # an RGB subset
         arrays[f"{split}_labels"] = (np.arange(n) % 3).reshape(n, 1)
     np.savez(tmp_path / "tinymnist_64.npz", **arrays)
     run_prepare(tmp_path, {"type": "medmnist", "path": str(tmp_path), "dataset": "tinymnist", "image_size": 64,
-                           "class_names": ["a", None, "b"]}, size=8)
+                           "class_names": ["a", None, "b"]}, size=16)
     table = manifest(tmp_path / "out")
     assert table["class"].value_counts().to_dict() == {"a": 16, "b": 16}
     listed = rejects(tmp_path / "out")

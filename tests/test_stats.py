@@ -210,3 +210,136 @@ def test_kernel_distance_is_near_zero_for_one_distribution_and_positive_for_two(
     different, std = quality.kernel_distance(a, b, subsets=20, subset_size=100)
     assert abs(same) < 0.05 < different
     assert std > 0
+
+
+# -- seed-level statistics (the seed variance) ---------------------------------------------------------------
+
+def seed_scores(labels: np.ndarray, separations, rng) -> list[np.ndarray]:
+    """One score set per "seed": binormal scores with the seed's own separation (so its own AUC)."""
+    return [rng.normal(0.0, 1.0, len(labels)) + d * labels for d in separations]
+
+
+def test_seeds_that_disagree_widen_the_two_level_interval_but_not_the_case_level_one():
+    rng = np.random.default_rng(11)
+    labels = np.repeat([0, 1], 1000)
+    wild = seed_scores(labels, [0.6, 2.6, 1.6], rng)        # AUCs ~0.66, ~0.97, ~0.87: mean ~0.83
+    steady = seed_scores(labels, [1.2, 1.2, 1.2], rng)      # AUCs ~0.80 each
+    table = stats.summarise_conditions(labels, {"real": steady, "wild": wild}, "real", n_boot=500,
+                                       confidence=0.95, seed=2)
+    w = table["wild"]
+    case_width = w["ci_high"] - w["ci_low"]
+    two_width = w["two_level_ci_high"] - w["two_level_ci_low"]
+    assert case_width < 0.04                                 # 2,000 test cases: the networks' AUCs are well known
+    assert two_width > 0.2 and two_width > 5 * case_width    # the seeds' spread dominates
+    assert w["two_level_ci_low"] < w["auc_mean"] < w["two_level_ci_high"]
+    s = table["real"]
+    assert s["two_level_ci_high"] - s["two_level_ci_low"] < 2 * (s["ci_high"] - s["ci_low"])  # steady seeds: ~ the same
+    # The comparison (+0.03): the case-level one calls it certain, the seed-level ones do not.
+    c = w["comparison"]
+    assert c["p_bootstrap"] < 0.01 and c["p_delong"] < 0.01
+    assert c["p_two_level"] > 0.2 and c["p_seed_welch"] > 0.2
+    assert c["two_level_ci_low"] < 0 < c["two_level_ci_high"] and not (c["ci_low"] < 0 < c["ci_high"])
+
+
+def test_identical_seeds_give_exactly_the_case_level_interval():
+    rng = np.random.default_rng(12)
+    labels, scores = binormal(60, 1.0, rng)
+    other = scores + rng.normal(0, 1.0, len(scores))
+    table = stats.summarise_conditions(labels, {"real": [scores] * 3, "b": [other] * 4}, "real", n_boot=300,
+                                       confidence=0.9, seed=5)
+    for name in ("real", "b"):
+        row = table[name]
+        assert row["two_level_ci_low"] == row["ci_low"] and row["two_level_ci_high"] == row["ci_high"]
+    c = table["b"]["comparison"]
+    assert (c["two_level_ci_low"], c["two_level_ci_high"], c["p_two_level"]) == (c["ci_low"], c["ci_high"],
+                                                                                 c["p_bootstrap"])
+    assert c["p_seed_welch"] == 0.0 and c["t_seed_welch"] is None  # no spread at all, different means
+
+
+def test_seed_statistics_leave_the_case_level_figures_as_they_were():
+    """The seed draws come from a stream of their own: the case-level intervals and p-values are unchanged."""
+    rng = np.random.default_rng(13)
+    labels = np.repeat([0, 1], 50)
+    sets = {"real": seed_scores(labels, [1.0, 1.3], rng), "b": seed_scores(labels, [0.8, 0.9], rng)}
+    table = stats.summarise_conditions(labels, sets, "real", n_boot=400, confidence=0.95, seed=3)
+    boot = stats.bootstrap_aucs(labels, sets, 400, 3)
+    assert (table["b"]["ci_low"], table["b"]["ci_high"]) == stats.percentile_interval(boot["b"].mean(0), 0.95)
+    diffs = boot["b"].mean(0) - boot["real"].mean(0)
+    assert table["b"]["comparison"]["p_bootstrap"] == stats.bootstrap_p_value(diffs)
+
+
+def test_one_seed_has_no_seed_level_statistics():
+    rng = np.random.default_rng(14)
+    labels, scores = binormal(30, 1.0, rng)
+    table = stats.summarise_conditions(labels, {"real": [scores], "b": [scores * 0.5 + rng.normal(0, 1, 60)]},
+                                       "real", n_boot=200, confidence=0.95)
+    assert table["real"]["two_level_ci_low"] is None and table["real"]["two_level_ci_high"] is None
+    c = table["b"]["comparison"]
+    assert c["p_two_level"] is None and c["p_seed_welch"] is None and c["two_level_ci_low"] is None
+    assert c["p_bootstrap"] is not None
+
+
+def test_seed_welch_test_is_scipys_welch_test():
+    from scipy.stats import ttest_ind
+
+    a, b = [0.81, 0.85, 0.79, 0.88, 0.84], [0.70, 0.78, 0.74]
+    t, p = stats.seed_welch_test(a, b)
+    ref = ttest_ind(a, b, equal_var=False)
+    assert t == pytest.approx(ref.statistic) and p == pytest.approx(ref.pvalue)
+    assert stats.seed_welch_test([0.8], [0.7, 0.9]) == (None, None)
+
+
+def test_two_level_means_resample_the_seeds():
+    rng = np.random.default_rng(0)
+    boot = np.array([[0.6] * 2000, [0.9] * 2000])  # two seeds, every case resample alike
+    means = stats.two_level_means(boot, rng)
+    assert set(np.round(means, 6)) == {0.6, 0.75, 0.9}  # both seeds drawn twice, or one of each
+    assert np.mean(np.isclose(means, 0.75)) == pytest.approx(0.5, abs=0.05)
+
+
+# -- image quality at the paper's protocol -------------------------------------------------------------------
+
+def test_kid_subsets_never_exceed_the_sets_and_vary():
+    rng = np.random.default_rng(15)
+    a, b = rng.normal(0, 1, (40, 8)), rng.normal(0.3, 1, (60, 8))
+    assert quality.kid_subset_size(1000, 40, 60) == 20      # half the smaller set, not 1,000
+    assert quality.kid_subset_size(10, 40, 60) == 10        # asked for less: as asked
+    assert quality.kid_subset_size(1000, 3, 3) == 2
+    _, std = quality.kernel_distance(a, b, subsets=30, subset_size=1000)
+    assert std > 1e-3                                        # the subsets differ, so their KIDs spread
+    d = quality.distances(a, b, subsets=5, subset_size=1000)
+    assert d["kid_subset_size"] == 20 and (d["n_a"], d["n_b"]) == (40, 60)
+
+
+def test_the_fd_yardstick_compares_as_many_images_as_the_synthetic_set():
+    rng = np.random.default_rng(16)
+    labels = {"real_train": np.repeat([0, 1], 50), "real_test": np.repeat([0, 1], [30, 10]),
+              "synthetic": np.repeat([0, 1], 200)}
+    reference = np.zeros(100, bool)
+    reference[[*range(0, 20), *range(50, 70)]] = True       # the TI subset: 20 per class
+    picks = quality.quality_picks(labels, reference, ["a", "b"], max_images=500, seed=0)
+    assert len(picks["synthetic"]) == len(picks["real_test"]) == 40 and len(picks["reference"]) == 40
+    assert reference[picks["reference"]].all()
+    for k, name in enumerate(["a", "b"]):
+        p = picks["per_class"][name]
+        assert len(p["synthetic"]) == len(p["real_test"]) == [30, 10][k]
+        assert (labels["synthetic"][p["synthetic"]] == k).all() and (labels["real_test"][p["real_test"]] == k).all()
+        assert len(p["reference"]) == 20 and (labels["real_train"][p["reference"]] == k).all()
+    # Same sets, same distribution: the FDs of equal-sized samples are alike; of unequal ones they are not.
+    feats = {"reference": rng.normal(0, 1, (100, 4)), "real_test": rng.normal(0, 1, (40, 4)),
+             "synthetic": rng.normal(0, 1, (400, 4))}
+    report = quality.quality_report(feats, picks, ["a", "b"], subsets=10, subset_size=1000)
+    syn, test = report["synthetic_vs_real_train"], report["real_test_vs_real_train"]
+    assert syn["n_a"] == test["n_a"] == 40 and syn["n_b"] == test["n_b"] == 40
+    assert set(report["per_class_real_test"]) == {"a", "b"}
+
+
+def test_the_reference_is_the_embeddings_training_images_or_the_train_split():
+    import pandas as pd
+
+    train = pd.DataFrame({"label": [0, 0, 0, 1, 1, 1], "ti_subset": ["True", "False", "true", "False", "True", "0"]})
+    assert list(quality.reference_mask(train, "ti", ["a", "b"], "m.csv")) == [True, False, True, False, True, False]
+    assert quality.reference_mask(train, "train", ["a", "b"], "m.csv").all()
+    with pytest.raises(InputError, match="m.csv: evaluate.quality.reference is ti, but no training image of class"
+                                         "\\(es\\) b is marked ti_subset"):
+        quality.reference_mask(train.assign(ti_subset=["True"] * 3 + ["False"] * 3), "ti", ["a", "b"], "m.csv")

@@ -243,6 +243,9 @@ def test_snakemake_records_the_jobs_it_ran_in_dvc_lock_and_fails_loudly_when_it_
     project = project_copy(tmp_path)
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["phantoms"]["subjects_per_class"] = 4  # the phantom DICOMs are the cheapest real job
+    # ... and a split that 4 subjects per class allow (params are checked for the whole pipeline's sake)
+    params["prepare"]["split"] = {"train": 1, "val": 1, "test": 2}
+    params["evaluate"]["min_test_per_class"] = 2
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "MEDTI_TRACKING": "0"}
     proc = snakemake("--cores", "1", "data/raw/phantoms/chest_xray", cwd=project, env=env)

@@ -1,12 +1,17 @@
 """Diagnostic classifiers trained on real, real + synthetic or synthetic images (``medti train-classifier``).
 
-The protocol follows the paper: a fixed number of Adam steps (lr 1e-4, batch 32) with augmentation (small
-random rotations, scaling, shifts, brightness and contrast changes; no flips, anatomy is lateralised), the
+The protocol follows the paper: a fixed number of Adam steps (lr 1e-4, batch 32) with augmentation, the
 validation AUROC every ``eval_every`` steps, the weights of the best validation AUROC kept, and the test AUC
-measured once, on the held-out real test split only. Everything random (initial weights, the subset drawn
-for a count, batches, augmentation) follows the seed, so a run on the CPU is reproducible. A checkpoint every
-``checkpoint_every`` steps (``.medti/checkpoints/classifier/...``) lets a killed run, started again with the
-same command, resume and end with the same weights as an uninterrupted one.
+measured once, on the held-out real test split only. ``classifier.augment``: ``mild`` (or true, the default)
+is a small scheme of medti's own (rotations +-10 degrees, scaling, shifts, brightness and contrast; no flips),
+not the paper's; ``paper`` is the paper's heavy augmentation (horizontal flips, rotation +-45 degrees, scale
++-20 %, optical or elastic distortion, gamma, Gaussian noise, channel dropout; in torch, no torchvision);
+``none`` (or false) none. ``classifier.pretrained: imagenet`` starts from ImageNet weights read offline from
+the torch hub cache (:mod:`~medti.classifier.networks` says where to place the file). Everything random
+(initial weights, the subset drawn for a count, batches, augmentation) follows the seed, so a run on the CPU is
+reproducible. A checkpoint every ``checkpoint_every`` steps (``.medti/checkpoints/classifier/...``) lets a
+killed run, started again with the same command, resume and end with the same weights as an uninterrupted
+one.
 
 A run's folder (it appears whole or not at all): model.pt (the best weights, a plain state_dict), model.json
 (how to rebuild the network), metrics.json, predictions.csv (test images: id, label, class probabilities),
@@ -33,6 +38,7 @@ from medti.lazy import lazy_exports
 
 __all__ = [
     "BatchOrder",
+    "augment_paper",
     "ClassifierResult",
     "ClassifierSettings",
     "ExperimentData",
@@ -54,7 +60,7 @@ __all__ = [
 ]
 __getattr__, __dir__ = lazy_exports(__name__, {
     **dict.fromkeys(["ClassifierSettings"], "settings"),
-    **dict.fromkeys(["BatchOrder", "ClassifierResult", "fit", "load_classifier", "train_classifier",
+    **dict.fromkeys(["BatchOrder", "ClassifierResult", "augment_paper", "fit", "load_classifier", "train_classifier",
                      "train_from_params"], "training"),
     **dict.fromkeys(["ExperimentData", "Split", "check_same_labels", "condition_counts", "load_experiment",
                      "parse_count", "read_rows", "task_classes"], "data"),

@@ -53,8 +53,11 @@ def add_parser(sub) -> None:
     archs = schema_section("classifier")["properties"]["arch"]["enum"]
     m.add_argument("--arch", metavar="NAME", help=" | ".join(archs))
     m.add_argument("--width", type=float, help="channel width multiplier")
-    m.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=None,
-                   help="start from ImageNet weights (downloaded once)")
+    m.add_argument("--pretrained", nargs="?", const=True, default=None, metavar="imagenet|FILE",
+                   help="start from ImageNet weights: torchvision's file in $TORCH_HOME/hub/checkpoints (imagenet, "
+                        "or no value) or FILE; read offline")
+    m.add_argument("--no-pretrained", dest="pretrained", action="store_const", const=False,
+                   help="train from scratch")
     m.add_argument("--size", type=int, help="image size the network sees (pixels)")
     m.add_argument("--steps", type=int, help="training steps")
     m.add_argument("--lr", type=float, help="learning rate (Adam)")
@@ -62,8 +65,10 @@ def add_parser(sub) -> None:
     m.add_argument("--eval-every", type=int, help="steps between validation AUROC measurements")
     m.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (0: none); a killed run started "
                                                          "again with the same command resumes from the last one")
-    m.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
-                   help="random rotations, scaling, shifts, brightness and contrast")
+    m.add_argument("--augment", nargs="?", const=True, default=None, metavar="none|mild|paper",
+                   help="mild (no value): small rotations, scaling, shifts, brightness and contrast; paper: the "
+                        "paper's heavy augmentation; none")
+    m.add_argument("--no-augment", dest="augment", action="store_const", const=False, help="no augmentation")
     m.add_argument("--device", help="auto | cpu | cuda | cuda:N")
     m.add_argument("--threads", type=int, help="CPU threads (default: torch's, i.e. OMP_NUM_THREADS when set)")
     p.set_defaults(func=run)

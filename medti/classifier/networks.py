@@ -1,15 +1,21 @@
 """The diagnostic classifier's network: a 2D ResNet or DenseNet-121 from MONAI (no torchvision needed).
 
-Networks are trained from scratch by default. ``pretrained=True`` loads ImageNet weights (ResNet-18/34 from
-the torchvision release files, read with ``torch.hub`` so torchvision itself is not needed; DenseNet-121
-through MONAI), which needs a network the first time (or a pre-filled ``$TORCH_HOME/hub/checkpoints``).
+Networks are trained from scratch by default. ``pretrained: imagenet`` (or true) starts from ImageNet weights:
+torchvision's release file (``resnet18-f37072fd.pth`` and its kin, :data:`IMAGENET_URLS`), read offline from the
+torch hub cache, ``$TORCH_HOME/hub/checkpoints/`` (``~/.cache/torch/hub/checkpoints/`` without TORCH_HOME),
+or from the path ``pretrained`` names instead. medti never downloads it: place the file there once (``curl -L
+-o "$TORCH_HOME/hub/checkpoints/resnet18-f37072fd.pth" https://download.pytorch.org/models/resnet18-f37072fd.pth``).
+torchvision is not needed: MONAI's ResNet has torchvision's layout and names (its DenseNet's layer names are
+mapped); every weight but the last layer's (a new head for this task's classes) is loaded.
 Inputs are always normalised with the ImageNet mean and standard deviation, so both start the same way.
 """
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 from monai.networks.nets import DenseNet121, ResNet
@@ -49,16 +55,10 @@ class NetworkSpec:
                    size=int(d["size"]), classes=tuple(d.get("classes", ())))
 
 
-def build_network(spec: NetworkSpec, pretrained: bool = False) -> nn.Module:
-    """A MONAI 2D network for ``spec``; ImageNet weights (all but the new last layer) when ``pretrained``."""
-    if spec.arch not in ARCHS:
-        raise ConfigError(f"classifier.arch: '{spec.arch}' is not one of {', '.join(ARCHS)}")
-    if pretrained:
-        if spec.arch not in IMAGENET_URLS:
-            raise ConfigError(f"classifier.pretrained: there are no ImageNet weights for {spec.arch} "
-                              f"(use one of {', '.join(IMAGENET_URLS)}, or pretrained: false)")
-        if spec.width != 1.0:
-            raise ConfigError(f"classifier.width: ImageNet weights exist for width 1.0 only, not {spec.width}")
+def build_network(spec: NetworkSpec, pretrained: bool | str | os.PathLike = False) -> nn.Module:
+    """A MONAI 2D network for ``spec``; ImageNet weights (all but the new last layer) when ``pretrained`` is
+    true or ``imagenet`` (torchvision's file in the torch hub cache) or the path of such a file."""
+    path = check_pretrained(spec.arch, spec.width, pretrained)
     if spec.arch in RESNET_LAYERS:
         # The torchvision layout: 7x7 stride-2 stem, max pool, type-B shortcuts without a bias.
         net = ResNet(block="basic", layers=RESNET_LAYERS[spec.arch], block_inplanes=[64, 128, 256, 512],
@@ -67,19 +67,56 @@ def build_network(spec: NetworkSpec, pretrained: bool = False) -> nn.Module:
     else:
         net = DenseNet121(spatial_dims=2, in_channels=3, out_channels=spec.num_classes,
                           init_features=max(1, round(64 * spec.width)), growth_rate=max(1, round(32 * spec.width)))
-    if pretrained:
-        _load_imagenet(net, spec.arch)
+    if path is not None:
+        load_imagenet(net, spec.arch, path)
     return net
 
 
-def _load_imagenet(net: nn.Module, arch: str) -> None:
+def check_pretrained(arch: str, width: float, pretrained: bool | str | os.PathLike) -> Path | None:
+    """The ImageNet weights file ``pretrained`` asks for (None: none), checked before anything is read or
+    trained: ConfigError for an architecture or width without ImageNet weights, ModelError (saying where to
+    place it) for a missing file."""
+    if arch not in ARCHS:
+        raise ConfigError(f"classifier.arch: '{arch}' is not one of {', '.join(ARCHS)}")
+    if pretrained is False or pretrained is None:
+        return None
+    if arch not in IMAGENET_URLS:
+        raise ConfigError(f"classifier.pretrained: there are no ImageNet weights for {arch} "
+                          f"(use one of {', '.join(IMAGENET_URLS)}, or pretrained: false)")
+    if width != 1.0:
+        raise ConfigError(f"classifier.width: ImageNet weights exist for width 1.0 only, not {width}")
+    path = imagenet_file(arch, pretrained)
+    if not path.is_file():
+        raise ModelError(f"classifier.pretrained: the ImageNet weights for {arch} are not at {path}; download "
+                         f"{IMAGENET_URLS[arch]} and place it there (medti reads it offline; set TORCH_HOME for "
+                         "another hub cache, or give classifier.pretrained the file's path), or set "
+                         "classifier.pretrained: false")
+    return path
+
+
+def imagenet_file(arch: str, pretrained: bool | str | os.PathLike = "imagenet") -> Path:
+    """Where the ImageNet weights of ``arch`` are read from: the torch hub cache's copy of torchvision's release
+    file for true/``imagenet``, else the path given."""
+    if pretrained is True or pretrained == "imagenet":
+        return Path(torch.hub.get_dir()) / "checkpoints" / IMAGENET_URLS[arch].rsplit("/", 1)[1]
+    return Path(pretrained).expanduser()
+
+
+def load_imagenet(net: nn.Module, arch: str, path: str | os.PathLike) -> None:
+    """Load a torchvision-layout ImageNet state dict from ``path`` (offline) into ``net``, all but its last
+    layer; ModelError (one line, saying where to place the file) when it is absent or does not fit."""
+    path = Path(path)
     url = IMAGENET_URLS[arch]
     try:
-        state = torch.hub.load_state_dict_from_url(url, progress=False, weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - URLError, HTTPError, socket errors: all mean "no weights"
-        raise ModelError(f"classifier.pretrained: cannot fetch ImageNet weights for {arch} from {url} "
-                         f"({type(exc).__name__}: {exc}); set classifier.pretrained: false to train from "
-                         "scratch, or place the file in $TORCH_HOME/hub/checkpoints") from None
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - a truncated or foreign file: pickle, zip and runtime errors alike
+        raise ModelError(f"classifier.pretrained: {path}: not a readable state dict ({type(exc).__name__}: "
+                         f"{exc}); download {url} again") from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise ModelError(f"classifier.pretrained: {path}: holds a {type(state).__name__}, not a state dict")
+    state = {k.removeprefix("module."): v for k, v in state.items()}
     if arch == "densenet121":
         state = _densenet_keys(state)
     own = net.state_dict()
@@ -88,7 +125,7 @@ def _load_imagenet(net: nn.Module, arch: str) -> None:
     missing = [k for k in own if k not in usable and k not in last and not k.endswith("num_batches_tracked")]
     wrong = [k for k, v in usable.items() if v.shape != own[k].shape]
     if missing or wrong:
-        raise ModelError(f"classifier.pretrained: the ImageNet weights for {arch} do not fit the network "
+        raise ModelError(f"classifier.pretrained: {path}: the weights do not fit {arch} "
                          f"({len(missing)} missing, {len(wrong)} of another shape, e.g. {(missing + wrong)[0]})")
     own.update(usable)
     net.load_state_dict(own)

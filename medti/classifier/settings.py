@@ -14,14 +14,14 @@ class ClassifierSettings:
 
     arch: str = schema_default("classifier.arch")
     width: float = schema_default("classifier.width")            # channel width multiplier (1.0: the standard network)
-    pretrained: bool = schema_default("classifier.pretrained")   # ImageNet weights (needs a network once)
+    pretrained: bool | str = schema_default("classifier.pretrained")  # false | imagenet (true) | a weights file
     size: int = schema_default("classifier.size")                # images are resized to size x size
     steps: int = schema_default("classifier.steps")
     lr: float = schema_default("classifier.lr")
     batch_size: int = schema_default("classifier.batch_size")
     eval_every: int = schema_default("classifier.eval_every")
     checkpoint_every: int = schema_default("classifier.checkpoint_every")  # 0: no checkpoints
-    augment: bool = schema_default("classifier.augment")
+    augment: bool | str = schema_default("classifier.augment")  # none (false) | mild (true) | paper
     device: str = schema_default("classifier.device")
 
     @classmethod

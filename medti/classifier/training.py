@@ -1,12 +1,14 @@
 """Training one diagnostic classifier: the protocol of :mod:`medti.classifier`, its checkpoints and outputs.
 
-A fixed number of Adam steps with augmentation (:func:`augment`), batches in a resumable order
+A fixed number of Adam steps with augmentation (``classifier.augment``: :func:`augment`, a mild scheme, or
+:func:`augment_paper`, the paper's), batches in a resumable order
 (:class:`BatchOrder`), the validation AUROC every ``eval_every`` steps and the best weights kept (:func:`fit`),
 then one test on the held-out real test split (:func:`train_classifier`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -22,12 +24,12 @@ import torch.nn.functional as F
 from medti.atomic import atomic_dir, sweep_stale_temporaries
 from medti.checkpoint import CheckpointStore, checkpoint_dir_for, fingerprint
 from medti.classifier.data import ExperimentData, condition_counts, load_experiment
-from medti.classifier.networks import NetworkSpec, build_network, predict, standardise
+from medti.classifier.networks import NetworkSpec, build_network, check_pretrained, predict, standardise
 from medti.classifier.outputs import write_outputs
 from medti.classifier.settings import ClassifierSettings
 from medti.config import modality as modality_of
-from medti.config import stage
-from medti.errors import InputError, TrainingError
+from medti.config import project_root, stage
+from medti.errors import ConfigError, InputError, TrainingError
 from medti.evaluate.statistics import auc
 from medti.hashing import sha256_of
 from medti.logs import progress
@@ -49,8 +51,24 @@ class ClassifierResult:
 
 # -- training ------------------------------------------------------------------------------------------------
 
+AUGMENT_LEVELS = ("none", "mild", "paper")
+
+
+def augment_level(value) -> str:
+    """``classifier.augment`` as a level: false/none -> none, true/mild -> mild, paper -> paper."""
+    if value is True or value == "mild":
+        return "mild"
+    if value is False or value in (None, "none"):
+        return "none"
+    if value == "paper":
+        return "paper"
+    raise ConfigError(f"classifier.augment: '{value}' is not one of true, false, {', '.join(AUGMENT_LEVELS)}")
+
+
 def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Random rotation (+-10 degrees), scale (0.9-1.1), shift (+-5 %), brightness and contrast (+-10 %).
+    """``augment: mild`` (or true, the default): a mild scheme of medti's own, not the paper's (that is
+    :func:`augment_paper`): random rotation (+-10 degrees), scale (0.9-1.1), shift (+-5 %), brightness and
+    contrast (+-10 %); no flips.
 
     ``x`` holds float images in [0, 1]; one affine warp per batch (grid_sample), so it costs little.
     """
@@ -69,6 +87,77 @@ def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     contrast = 1.0 + uniform(n, 1, 1, 1, r=0.1).to(x.device)
     brightness = uniform(n, 1, 1, 1, r=0.1).to(x.device)
     return ((x - mean) * contrast + mean + brightness).clamp(0.0, 1.0)
+
+
+# ``augment: paper``: the paper's heavy augmentation (its list; albumentations' names and, where the paper gives
+# none, albumentations' default ranges and probabilities, except channel dropout: 0.2, not 0.5, so a dropped
+# sequence or colour stays the exception). Each is drawn independently per image.
+PAPER_AUGMENT = {
+    "hflip": 0.5,                       # horizontal flip
+    "affine": 0.5,                      # rotation and scale together:
+    "rotate_degrees": 45.0,             #   uniform in +-45 degrees
+    "scale": 0.2,                       #   uniform in 1 +- 0.2
+    "distort": 0.5,                     # one of (equally likely):
+    "optical_k": 0.3,                   #   optical (barrel / pincushion): r -> r (1 + k r^2), k in +-0.3
+    "elastic_sigma": 0.03,              #   elastic: a smooth random displacement field (a 4 x 4 grid of
+    "elastic_grid": 4,                  #   N(0, 0.03) offsets, image width 2, upsampled bicubically)
+    "gamma": 0.5,                       # gamma in [0.8, 1.2]
+    "gamma_range": (0.8, 1.2),
+    "noise": 0.5,                       # Gaussian noise, standard deviation in [0.012, 0.028] (albumentations'
+    "noise_std": (0.012, 0.028),        #   variance 10-50 on 0-255)
+    "channel_dropout": 0.2,             # one channel set to 0
+}
+
+
+def augment_paper(x: torch.Tensor, generator: torch.Generator, p: dict | None = None) -> torch.Tensor:
+    """``augment: paper``: the paper's heavy augmentation, in torch only (no torchvision): a horizontal flip,
+    rotation (+-45 degrees) and scale (+-20 %), an optical or elastic distortion, gamma, Gaussian noise and
+    channel dropout, each with its probability (:data:`PAPER_AUGMENT`; ``p`` overrides some). The geometric
+    part is one grid_sample (reflected at the borders); ``x`` holds float images in [0, 1], ``N x C x H x W``.
+    """
+    p = {**PAPER_AUGMENT, **(p or {})}
+    n, c = x.shape[:2]
+    dev = x.device
+
+    def rand(*shape):
+        return torch.rand(*shape, generator=generator)
+
+    def chance(key):
+        return rand(n) < p[key]
+
+    def uniform(lo, hi, *shape):
+        return lo + (hi - lo) * rand(*shape)
+
+    flip = torch.where(chance("hflip"), -1.0, 1.0)
+    affine = chance("affine")
+    angle = torch.where(affine, uniform(-1.0, 1.0, n) * math.radians(p["rotate_degrees"]), 0.0)
+    scale = torch.where(affine, 1.0 + uniform(-1.0, 1.0, n) * p["scale"], 1.0)
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    zero = torch.zeros(n)
+    # output -> input coordinates: rotate and scale, then flip the input's x
+    theta = torch.stack([torch.stack([cos * flip, -sin * flip, zero], 1), torch.stack([sin, cos, zero], 1)], 1)
+    grid = F.affine_grid(theta, [n, c, *x.shape[2:]], align_corners=False)  # n x H x W x 2, on the CPU
+    distort = chance("distort")
+    optical = distort & (rand(n) < 0.5)
+    elastic = distort & ~optical
+    k = torch.where(optical, uniform(-1.0, 1.0, n) * p["optical_k"], 0.0).view(n, 1, 1, 1)
+    grid = grid * (1.0 + k * (grid ** 2).sum(dim=-1, keepdim=True))
+    g = int(p["elastic_grid"])
+    field = torch.randn(n, 2, g, g, generator=generator) * p["elastic_sigma"] * elastic.view(n, 1, 1, 1)
+    field = F.interpolate(field, size=tuple(x.shape[2:]), mode="bicubic", align_corners=True)
+    grid = grid + field.permute(0, 2, 3, 1)
+    x = F.grid_sample(x, grid.to(dev), mode="bilinear", padding_mode="reflection", align_corners=False)
+    lo, hi = p["gamma_range"]
+    gamma = torch.where(chance("gamma"), uniform(lo, hi, n), 1.0).view(n, 1, 1, 1).to(dev)
+    x = x.clamp(0.0, 1.0) ** gamma
+    lo, hi = p["noise_std"]
+    std = torch.where(chance("noise"), uniform(lo, hi, n), 0.0).view(n, 1, 1, 1)
+    x = x + (torch.randn(x.shape, generator=generator) * std).to(dev)
+    drop = chance("channel_dropout")
+    which = torch.randint(0, c, (n,), generator=generator)
+    keep = torch.ones(n, c)
+    keep[drop, which[drop]] = 0.0
+    return (x * keep.view(n, c, 1, 1).to(dev)).clamp(0.0, 1.0)
 
 
 class BatchOrder:
@@ -110,6 +199,7 @@ def fit(net: torch.nn.Module, data: ExperimentData, settings: ClassifierSettings
     ``store`` (a ``CheckpointStore``, given only when ``settings.checkpoint_every`` is set): resume from its
     checkpoint if it holds one, and save one every ``settings.checkpoint_every`` steps."""
     device = next(net.parameters()).device
+    level = augment_level(settings.augment)
     generator = torch.Generator().manual_seed(seed)
     optimiser = torch.optim.Adam(net.parameters(), lr=settings.lr)
     images = data.train.images
@@ -135,8 +225,10 @@ def fit(net: torch.nn.Module, data: ExperimentData, settings: ClassifierSettings
                          desc="train-classifier"):
         idx = batches.next()
         x = images[idx].to(device).float() / 255.0
-        if settings.augment:
+        if level == "mild":
             x = augment(x, generator)
+        elif level == "paper":
+            x = augment_paper(x, generator)
         loss = F.cross_entropy(net(standardise(x)), labels[idx].to(device))
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
@@ -182,6 +274,7 @@ def train_classifier(real_manifest: PathLike, out: PathLike, *, settings: Classi
     if threads:
         torch.set_num_threads(int(threads))
     setting = f"params.yaml: classifier.conditions.{condition}" if condition else "train-classifier"
+    check_pretrained(settings.arch, settings.width, settings.pretrained)  # a missing weights file: before any work
     data = load_experiment(real_manifest, synthetic_manifest, real_count=real_count, synthetic_count=synthetic_count,
                            modality=modality, classes=classes, size=settings.size, seed=seed, setting=setting)
     device = resolve_device(settings.device)
@@ -252,6 +345,9 @@ def train_from_params(params: dict, modality: str, condition: str, seed: int, re
     classes = modality_of(params, modality)["classes"]
     real_count, synthetic_count = condition_counts(params, condition)
     settings = ClassifierSettings.from_section(stage(params, "classifier", modality), **overrides)
+    weights = settings.pretrained
+    if isinstance(weights, str) and weights != "imagenet" and not Path(weights).expanduser().is_absolute():
+        settings = dataclasses.replace(settings, pretrained=str(project_root(params) / weights))  # params.yaml's folder
     return train_classifier(real_manifest, out, settings=settings, synthetic_manifest=synthetic_manifest,
                             real_count=real_count, synthetic_count=synthetic_count, seed=seed, modality=modality,
                             classes=classes, condition=condition, params=params, threads=threads,

@@ -3,7 +3,10 @@
 medti writes ``<name>.safetensors`` holding exactly one tensor, ``{token: float32[num_vectors, dim]}``, so
 diffusers' ``pipeline.load_textual_inversion(path)`` loads it as it is. The safetensors header metadata
 (strings only) records the base model, a hash of the text encoder's config, the token, vector count,
-steps, the manifest checksum and the medti version. It never holds a DICOM header value.
+steps, the manifest checksum and the medti version. It never holds a DICOM header value. Every safetensors file
+medti writes has a canonical header (keys sorted, compact JSON), so identical tensors and metadata give
+identical bytes in every process and on every machine (the safetensors library writes its metadata map in an
+order that varies between processes), and dvc.lock hashes change only when an embedding does.
 
 Other formats, for use in other tools (``export_embedding`` / ``medti embedding convert``):
 - ``diffusers``: ``{token: tensor}`` without medti's metadata, as ``.safetensors`` or ``learned_embeds.bin``;
@@ -18,6 +21,7 @@ only: a pickle that would run code is refused, and nothing in it runs.
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import re
@@ -27,7 +31,7 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save as save_bytes
 
 from medti.atomic import atomic_path
 from medti.errors import ConfigError, ModelError
@@ -61,6 +65,23 @@ class Embedding:
 
 def _tensor(emb: Embedding):
     return emb.vectors.detach().to(torch.float32).contiguous().cpu()
+
+
+def canonical_safetensors(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> bytes:
+    """The bytes of a safetensors file of ``tensors`` with its JSON header in a canonical form: keys sorted,
+    no spaces, padded with spaces to 8 bytes as the format asks. Same tensors and metadata, same bytes."""
+    data = save_bytes(tensors, metadata={str(k): str(v) for k, v in (metadata or {}).items()} or None)
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + n])
+    text = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode("utf-8")
+    text += b" " * (-len(text) % 8)
+    return len(text).to_bytes(8, "little") + text + data[8 + n:]
+
+
+def save_file(tensors: dict[str, torch.Tensor], path: str, metadata: dict[str, str] | None = None) -> None:
+    """safetensors' ``save_file`` with a canonical header (:func:`canonical_safetensors`)."""
+    with open(path, "wb") as fh:
+        fh.write(canonical_safetensors(tensors, metadata))
 
 
 def save_embedding(emb: Embedding, path: str | os.PathLike) -> Path:

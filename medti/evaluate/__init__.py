@@ -4,21 +4,29 @@
    train-classifier``) are checked against the real manifest's test split. Per condition: the seeds'
    AUCs, mean +- standard deviation, a bootstrap confidence interval of the mean AUC (test cases resampled
    within each class), and each condition against the reference (``evaluate.reference``): the difference
-   of mean AUCs with its paired bootstrap interval and p-value, and DeLong's test (binary tasks).
-2. Image quality: FID/KID-style distances between the synthetic and the real training images in the
-   feature space of the trained real-only classifier (always; no download), with the real test images'
-   distance as the yardstick; the Inception FID/KID too when torch-fidelity and its weights are there.
-3. Memorisation audit: for every synthetic image its nearest real training image, by pixel correlation
-   (grey, ``memorisation.size`` px) and by cosine similarity of the classifier's features; near-copies (a
-   pixel correlation at or above ``memorisation.threshold``) are flagged, and so are those closer to a
-   training image than any real test image of their class is: the real test images' nearest training
-   images are the yardstick of how alike two different real images of this data set are.
+   of mean AUCs with its paired bootstrap interval and p-value, and DeLong's test (binary tasks). These are
+   case-level: the trained networks are held fixed. Beside them, labelled as including the seed variance: a
+   two-level bootstrap (seeds, then test cases, resampled) interval of each mean AUC and of each difference
+   with its p-value, and Welch's t-test on the seeds' AUCs (see :mod:`~medti.evaluate.statistics`).
+2. Image quality (:mod:`~medti.evaluate.quality`, the paper's protocol): FID/KID-style distances between the
+   synthetic images and the reference, the embeddings' training images (``quality.reference: ti``; or the
+   whole train split, ``train``), in the feature space of the trained real-only classifier (always; no
+   download), with the real test images' distance to the same reference, on as many images, as the
+   yardstick; the Inception FID/KID too, on the images at their prepared size, when torch-fidelity and its
+   weights are there.
+3. Memorisation audit (:mod:`~medti.evaluate.memorisation`): for every synthetic image its nearest real
+   training image, by pixel correlation (grey, ``memorisation.size`` px) and by cosine similarity of the
+   classifier's features; near-copies (a pixel correlation at or above ``memorisation.threshold``) are
+   flagged, and so are images above the upper ``memorisation.level`` quantile of the real test images' own
+   nearest-training correlations (the null: with no copying about that share is flagged by chance).
 
 Outputs (the folder appears whole or not at all):
 
 - metrics.json (or ``metrics_file``): DVC metrics: per condition ``auc_mean, auc_std, ci_low, ci_high,
-  n_seeds`` (and ``auc_diff_vs_<ref>, p_value_vs_<ref>`` (paired bootstrap), ``p_delong_vs_<ref>``),
-  ``quality`` and ``memorisation`` summaries;
+  n_seeds`` (and ``auc_diff_vs_<ref>, p_value_vs_<ref>`` (paired bootstrap), ``p_delong_vs_<ref>``: case
+  level), with two seeds or more ``ci_low_two_level, ci_high_two_level`` (and ``p_two_level_vs_<ref>``,
+  ``p_seed_welch_vs_<ref>``: with the seed variance), ``quality`` and ``memorisation`` summaries (the level
+  and each class's flag threshold included);
 - roc.csv (or ``roc_file``): DVC plot data, long format ``condition, seed, fpr, tpr`` (one curve per run);
 - evaluate.json: everything above in full, with the inputs' checksums (read by ``medti report``);
 - auc_table.csv (one row per condition), auc_seeds.csv (one row per run);

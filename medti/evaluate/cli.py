@@ -13,7 +13,8 @@ runs are the ``<condition>/seed<N>`` folders found (or ``--conditions``/``--seed
 go into ``--out`` unless ``--metrics``/``--roc`` say otherwise.
 
 Settings flags are params.yaml's ``evaluate`` keys (``quality.*`` and ``memorisation.*`` by their own name;
-``memorisation.size`` is ``--memorisation-size``); given, they win in either mode.
+``quality.reference`` is ``--quality-reference``, ``memorisation.size`` and ``memorisation.level`` are
+``--memorisation-size`` and ``--memorisation-level``); given, they win in either mode.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ COMMAND = "evaluate"
 # EvaluateSettings field -> its flag
 SETTINGS_FLAGS = {key: "--" + key.replace("_", "-") for key in (
     "reference", "bootstrap", "confidence", "min_test_per_class", "inception", "max_images", "kid_subsets",
-    "kid_subset_size", "threshold", "memorisation_size", "top_k", "seed")}
+    "kid_subset_size", "quality_reference", "threshold", "memorisation_size", "memorisation_level", "top_k", "seed")}
 
 
 def add_parser(sub) -> None:
@@ -56,9 +57,13 @@ def add_parser(sub) -> None:
     s.add_argument("--inception", metavar="auto|off", help="Inception FID/KID when available (auto) or never")
     s.add_argument("--max-images", type=int, help="images per set for FID/KID (a seeded random subset)")
     s.add_argument("--kid-subsets", type=int, help="KID: random subsets")
-    s.add_argument("--kid-subset-size", type=int, help="KID: images per subset")
+    s.add_argument("--kid-subset-size", type=int, help="KID: images per subset (at most half the smaller set)")
+    s.add_argument("--quality-reference", metavar="ti|train",
+                   help="FID/KID reference: the embeddings' training images (ti) or the whole train split")
     s.add_argument("--threshold", type=float, help="pixel correlation that flags a near-copy")
     s.add_argument("--memorisation-size", type=int, help="memorisation: images compared at this many grey pixels")
+    s.add_argument("--memorisation-level", type=float,
+                   help="memorisation: the flag's level (the share of chance flags with no copying)")
     s.add_argument("--top-k", type=int, help="memorisation: closest pairs shown")
     s.add_argument("--seed", type=int, help="seed of the bootstrap and the subsets (default: params.yaml's seed)")
     p.set_defaults(func=run)

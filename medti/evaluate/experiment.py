@@ -18,6 +18,7 @@ from medti.config import modality as modality_of
 from medti.config import stage
 from medti.embeddings import load_embedding
 from medti.errors import ConfigError, InputError
+from medti.evaluate.agreement import synthetic_agreement
 from medti.evaluate.memorisation import memorisation_audit, memorisation_figures, pixel_vectors, unit_rows
 from medti.evaluate.quality import classifier_features, image_quality
 from medti.evaluate.runs import conditions_roc_figure, confusions, feature_run, load_runs, roc_table
@@ -69,13 +70,33 @@ def _condition_metrics(table: dict, reference: str) -> dict:
     out = {}
     for condition, row in table.items():
         entry = {k: row[k] for k in ("auc_mean", "auc_std", "ci_low", "ci_high", "n_seeds")}
+        if row.get("two_level_ci_low") is not None:  # with the seed variance (seeds, then cases, resampled)
+            entry.update({"ci_low_two_level": row["two_level_ci_low"], "ci_high_two_level": row["two_level_ci_high"]})
         if "comparison" in row:
             c = row["comparison"]
             entry.update({f"auc_diff_vs_{reference}": c["difference"], f"p_value_vs_{reference}": c["p_bootstrap"]})
             if c["p_delong"] is not None:
                 entry[f"p_delong_vs_{reference}"] = c["p_delong"]
+            if c.get("p_two_level") is not None:
+                entry[f"p_two_level_vs_{reference}"] = c["p_two_level"]
+            if c.get("p_seed_welch") is not None:
+                entry[f"p_seed_welch_vs_{reference}"] = c["p_seed_welch"]
         out[condition] = entry
     return out
+
+
+# What each statistic is (evaluate.json "statistics"): the labels of metrics.json and the report.
+STATISTICS = {
+    "ci_low, ci_high": "case level: bootstrap interval of the mean AUC over seeds, test cases resampled "
+                       "(stratified by class), the trained networks fixed",
+    "ci_low_two_level, ci_high_two_level": "with the seed variance: two-level bootstrap, each resample draws the "
+                                           "seeds with replacement, then the test cases",
+    "p_value_vs_<ref>": "case level: paired bootstrap (the same case resamples for both conditions)",
+    "p_delong_vs_<ref>": "case level: DeLong's test of the difference of mean AUCs (binary tasks)",
+    "p_two_level_vs_<ref>": "with the seed variance: two-level bootstrap (seeds drawn per condition, test cases "
+                            "shared)",
+    "p_seed_welch_vs_<ref>": "seed level: Welch's t-test on the seeds' AUCs (each seed one observation)",
+}
 
 
 def _quality_metrics(quality: dict | None) -> dict:
@@ -83,8 +104,9 @@ def _quality_metrics(quality: dict | None) -> dict:
         return {}
     out = {}
     for space, q in quality.items():
-        if "synthetic_vs_real_train" in q:
-            out.update({f"{space}_fd": q["synthetic_vs_real_train"]["fd"],
+        if q.get("synthetic_vs_real_train") and q.get("real_test_vs_real_train"):
+            out.update({f"{space}_n": q["n_compared"], f"{space}_n_reference": q["n_reference"],
+                        f"{space}_fd": q["synthetic_vs_real_train"]["fd"],
                         f"{space}_kid": q["synthetic_vs_real_train"]["kid"],
                         f"{space}_fd_real_test": q["real_test_vs_real_train"]["fd"],
                         f"{space}_kid_real_test": q["real_test_vs_real_train"]["kid"]})
@@ -153,7 +175,7 @@ def evaluate(classifiers: PathLike, real_manifest: PathLike, out: PathLike, *,
         table[condition]["n_synthetic"] = [r.metrics.get("n_synthetic") for r in rs]
     title = modality or real_manifest.parent.name
 
-    quality = memo_table = audit = None
+    quality = memo_table = audit = agreement = None
     feature_info = None
     if synthetic is not None and len(synthetic):
         fr = feature_run(runs, reference)
@@ -164,32 +186,41 @@ def evaluate(classifiers: PathLike, real_manifest: PathLike, out: PathLike, *,
         frames = {"real_train": splits["train"], "real_test": test, "synthetic": synthetic}
         images = {name: read_manifest_images(list(df["path"]), size=spec.size) for name, df in frames.items()}
         raw = {name: classifier_features(net, imgs) for name, imgs in images.items()}
-        quality = image_quality(images["real_train"], frames["real_train"]["label"].to_numpy(), images["real_test"],
-                                images["synthetic"], synthetic["label"].to_numpy(), classes, raw, settings)
+        agreement = synthetic_agreement(runs, images["synthetic"], synthetic["label"].to_numpy(dtype=int), classes)
+        quality = image_quality(frames, raw, classes, settings, source=str(real_manifest))
         centre = raw["real_train"].mean(axis=0)
         features = {name: unit_rows(f, centre) for name, f in raw.items()}
         pixels = {name: pixel_vectors(imgs, settings.memorisation_size) for name, imgs in images.items()}
         memo_table, audit = memorisation_audit(synthetic, splits["train"], test, pixels, features, classes, modality,
-                                               settings.threshold)
+                                               settings.threshold, settings.memorisation_level)
         if audit["overall"]["near_copies"]:
             log.warning("%d of %d synthetic images are near-copies of a real training image "
                         "(pixel correlation >= %.2f)", audit["overall"]["near_copies"], len(synthetic),
                         settings.threshold)
+        log.info("memorisation: %d of %d synthetic images flagged at level %g (about %.1f expected by chance with "
+                 "no copying)", audit["overall"]["flagged"], len(synthetic), settings.memorisation_level,
+                 audit["overall"]["expected_flags"])
     else:
         log.info("no synthetic images: image quality and the memorisation audit are skipped")
 
     metrics = {**_condition_metrics(table, reference), "n_test": int(len(test))}
+    if agreement is not None:
+        metrics["synthetic_agreement"] = {k2: agreement[k2] for k2 in [*classes, "overall"]
+                                          if agreement[k2] is not None}
     if quality is not None:
         metrics["quality"] = _quality_metrics(quality)
-        metrics["memorisation"] = {k2: v for k2, v in audit["overall"].items() if v is not None}
+        metrics["memorisation"] = {"level": audit["level"],
+                                   **{k2: v for k2, v in audit["overall"].items() if v is not None},
+                                   **{f"flag_threshold_{c}": v["flag_threshold"] for c, v in audit["per_class"].items()
+                                      if v.get("flag_threshold") is not None}}
     has_models = synthetic is not None and "base_model" in synthetic
     base_models = sorted(set(synthetic["base_model"].astype(str))) if has_models else []
     details = {
         "modality": modality, "classes": classes, "reference": reference, "settings": settings.to_dict(),
         "n_test": {c: int((labels == i).sum()) for i, c in enumerate(classes)},
-        "conditions": table, "quality": quality, "feature_classifier": feature_info,
+        "conditions": table, "statistics": STATISTICS, "quality": quality, "feature_classifier": feature_info,
         "memorisation": {k2: v for k2, v in audit.items() if not k2.startswith("real_test_")} if audit else None,
-        "embeddings": emb_info, "synthetic_base_models": base_models,
+        "embeddings": emb_info, "synthetic_base_models": base_models, "synthetic_agreement": agreement,
         "inputs": {"real_manifest": str(real_manifest), "real_manifest_sha256": file_sha256(real_manifest),
                    "synthetic_manifest": str(synthetic_manifest) if synthetic_manifest else None,
                    "synthetic_manifest_sha256": file_sha256(synthetic_manifest) if synthetic_manifest else None,
@@ -204,8 +235,12 @@ def evaluate(classifiers: PathLike, real_manifest: PathLike, out: PathLike, *,
                                for rs in runs.values() for i, r in enumerate(rs)])
     auc_rows = pd.DataFrame([{"condition": c, "n_seeds": row["n_seeds"], "auc_mean": row["auc_mean"],
                               "auc_std": row["auc_std"], "ci_low": row["ci_low"], "ci_high": row["ci_high"],
+                              "two_level_ci_low": row["two_level_ci_low"],
+                              "two_level_ci_high": row["two_level_ci_high"],
                               **{f"{key}_vs_{reference}": (row.get("comparison") or {}).get(key)
-                                 for key in ("difference", "ci_low", "ci_high", "p_bootstrap", "p_delong")}}
+                                 for key in ("difference", "ci_low", "ci_high", "p_bootstrap", "p_delong",
+                                             "two_level_ci_low", "two_level_ci_high", "p_two_level",
+                                             "p_seed_welch")}}
                              for c, row in table.items()])
 
     def csv(df: pd.DataFrame) -> str:
@@ -243,7 +278,9 @@ def evaluate(classifiers: PathLike, real_manifest: PathLike, out: PathLike, *,
         c = row.get("comparison")
         log.info("%s %s: AUC %.3f ± %.3f (%d seeds; %.0f%% CI %.3f-%.3f)%s", title, condition, row["auc_mean"],
                  row["auc_std"], row["n_seeds"], 100 * settings.confidence, row["ci_low"], row["ci_high"],
-                 f"; vs {reference}: {c['difference']:+.3f}, p = {c['p_bootstrap']:.3g}" if c else "")
+                 (f"; vs {reference}: {c['difference']:+.3f}, p = {c['p_bootstrap']:.3g} (cases)"
+                  + (f", {c['p_two_level']:.3g} (seeds + cases)" if c.get("p_two_level") is not None else ""))
+                 if c else "")
     return EvaluateResult(out=out, metrics=metrics)
 
 

@@ -1,6 +1,7 @@
 """How an evaluation is done: params.yaml ``evaluate`` (and the project ``seed``), with the schema's defaults
 and bounds. The nested sections are flat here: ``quality.max_images`` is ``max_images``,
-``memorisation.size`` is ``memorisation_size``."""
+``quality.reference`` is ``quality_reference``, ``memorisation.size`` is ``memorisation_size``,
+``memorisation.level`` is ``memorisation_level``."""
 
 from __future__ import annotations
 
@@ -19,8 +20,10 @@ SCHEMA_KEYS = {
     "max_images": ("evaluate.quality", "max_images"),
     "kid_subsets": ("evaluate.quality", "kid_subsets"),
     "kid_subset_size": ("evaluate.quality", "kid_subset_size"),
+    "quality_reference": ("evaluate.quality", "reference"),
     "threshold": ("evaluate.memorisation", "threshold"),
     "memorisation_size": ("evaluate.memorisation", "size"),
+    "memorisation_level": ("evaluate.memorisation", "level"),
     "top_k": ("evaluate.memorisation", "top_k"),
     "seed": ("", "seed"),
 }
@@ -42,9 +45,11 @@ class EvaluateSettings:
     inception: str = _default("inception")            # auto | off
     max_images: int = _default("max_images")          # per set, for FID/KID
     kid_subsets: int = _default("kid_subsets")
-    kid_subset_size: int = _default("kid_subset_size")
+    kid_subset_size: int = _default("kid_subset_size")  # at most half the smaller set is used
+    quality_reference: str = _default("quality_reference")  # ti (the embeddings' training images) | train
     threshold: float = _default("threshold")          # pixel correlation of a near-copy
     memorisation_size: int = _default("memorisation_size")
+    memorisation_level: float = _default("memorisation_level")  # expected share of flags with no copying
     top_k: int = _default("top_k")
     seed: int = _default("seed")
 

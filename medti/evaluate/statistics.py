@@ -13,6 +13,18 @@ DeLong's test (DeLong, DeLong & Clarke-Pearson 1988; the fast midrank form of Su
 correlated AUCs measured on the same cases. It covers any contrast of several AUCs, which is how the mean
 AUC over seeds of one condition is compared with that of another. It is defined for binary AUCs; for
 multi-class tasks the paired bootstrap is the comparison.
+
+Both of those hold the trained networks fixed: they answer "how sure are we of these networks' AUCs, given
+this test set", and ignore that another seed (other initial weights, batches, subsets drawn) gives another
+network. Beside them, two comparisons that include the seed variance (what the paper's +- shows):
+
+- the two-level bootstrap (:func:`two_level_means`): each resample draws a condition's seeds with
+  replacement, then the test cases (the same case resample for every condition, so it stays paired over
+  cases; seeds are drawn independently per condition, since seed k of one condition is not a partner of seed
+  k of another); its interval of the mean AUC and of the difference, and a p-value as for the case-level one;
+- Welch's t-test on the seeds' AUCs (:func:`seed_welch_test`): each seed one observation, the test set fixed.
+
+With one seed a condition has no measurable seed variance: both are then left out (None).
 """
 
 from __future__ import annotations
@@ -155,6 +167,33 @@ def bootstrap_aucs(labels, score_sets: dict[str, list], n_boot: int, seed: int =
     return out
 
 
+def two_level_means(boot: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The two-level bootstrap of a condition's mean AUC: for each of the ``n_boot`` case resamples of
+    ``boot`` (``n_seeds x n_boot`` AUCs from :func:`bootstrap_aucs`), ``n_seeds`` seeds drawn with
+    replacement and their AUCs on that resample averaged. Returns ``n_boot`` means."""
+    boot = np.asarray(boot, dtype=float)
+    n_seeds, n_boot = boot.shape
+    idx = rng.integers(0, n_seeds, size=(n_seeds, n_boot))
+    return np.take_along_axis(boot, idx, axis=0).mean(axis=0)
+
+
+def seed_welch_test(aucs_a, aucs_b) -> tuple[float | None, float | None]:
+    """Welch's t and two-sided p for mean(aucs_a) - mean(aucs_b), each seed's AUC one observation (the
+    seed-level test). (None, None) unless both conditions have at least two seeds."""
+    a, b = np.asarray(aucs_a, dtype=float), np.asarray(aucs_b, dtype=float)
+    if len(a) < 2 or len(b) < 2:
+        return None, None
+    va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
+    diff = float(a.mean() - b.mean())
+    if va + vb <= 1e-24:  # every seed of both conditions agrees: no spread to test against
+        return None, (1.0 if abs(diff) < 1e-12 else 0.0)
+    from scipy.stats import t as student_t
+
+    t = diff / math.sqrt(va + vb)
+    dof = (va + vb) ** 2 / ((va ** 2 / (len(a) - 1) if va else 0.0) + (vb ** 2 / (len(b) - 1) if vb else 0.0))
+    return float(t), float(2.0 * student_t.sf(abs(t), dof))
+
+
 def percentile_interval(values: np.ndarray, confidence: float) -> tuple[float, float]:
     alpha = (1.0 - confidence) / 2.0
     lo, hi = np.quantile(values, [alpha, 1.0 - alpha])
@@ -205,7 +244,9 @@ def delong_covariance(positive, score_sets) -> tuple[np.ndarray, np.ndarray]:
 
 @dataclass
 class Comparison:
-    """A paired comparison of two conditions' mean AUCs on the same test cases."""
+    """Two conditions' mean AUCs on the same test cases compared. Case level (the networks fixed): the paired
+    bootstrap interval and p, DeLong. With the seed variance: the two-level bootstrap (seeds, then cases)
+    interval and p, and Welch's t-test on the seeds' AUCs (None with fewer than two seeds a side)."""
 
     difference: float
     ci_low: float
@@ -213,6 +254,11 @@ class Comparison:
     p_bootstrap: float
     p_delong: float | None
     z_delong: float | None
+    two_level_ci_low: float | None = None
+    two_level_ci_high: float | None = None
+    p_two_level: float | None = None
+    p_seed_welch: float | None = None
+    t_seed_welch: float | None = None
 
     def to_dict(self) -> dict:
         return {k: (None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v))
@@ -234,20 +280,30 @@ def delong_test(labels, sets_a, sets_b) -> tuple[float, float]:
     return z, float(math.erfc(abs(z) / math.sqrt(2.0)))
 
 
-def compare(labels, sets_a, sets_b, boot_a: np.ndarray, boot_b: np.ndarray, confidence: float) -> Comparison:
-    """Condition A against B: the difference of mean AUCs, its paired bootstrap interval and p, and DeLong.
+def compare(labels, sets_a, sets_b, boot_a: np.ndarray, boot_b: np.ndarray, confidence: float,
+            two_level_a: np.ndarray | None = None, two_level_b: np.ndarray | None = None) -> Comparison:
+    """Condition A against B: the difference of mean AUCs, its paired bootstrap interval and p, and DeLong;
+    with the seed variance, the two-level bootstrap's interval and p and Welch's test on the seed AUCs.
 
     ``boot_a``/``boot_b`` are the ``n_seeds x n_boot`` bootstrap AUCs from :func:`bootstrap_aucs` (same
-    resamples).
+    resamples); ``two_level_a``/``two_level_b`` the :func:`two_level_means` of them (None: left out).
     """
     labels = np.asarray(labels, dtype=int)
-    point = float(np.mean([auc(labels, s) for s in sets_a]) - np.mean([auc(labels, s) for s in sets_b]))
+    aucs_a, aucs_b = [auc(labels, s) for s in sets_a], [auc(labels, s) for s in sets_b]
+    point = float(np.mean(aucs_a) - np.mean(aucs_b))
     diffs = boot_a.mean(axis=0) - boot_b.mean(axis=0)
     lo, hi = percentile_interval(diffs, confidence)
     binary = as_probabilities(sets_a[0]).shape[1] == 2
     z, p = delong_test(labels, sets_a, sets_b) if binary else (None, None)
-    return Comparison(difference=point, ci_low=lo, ci_high=hi, p_bootstrap=bootstrap_p_value(diffs),
-                      p_delong=p, z_delong=z)
+    out = Comparison(difference=point, ci_low=lo, ci_high=hi, p_bootstrap=bootstrap_p_value(diffs),
+                     p_delong=p, z_delong=z)
+    if len(aucs_a) > 1 and len(aucs_b) > 1:
+        out.t_seed_welch, out.p_seed_welch = seed_welch_test(aucs_a, aucs_b)
+        if two_level_a is not None and two_level_b is not None:
+            two = np.asarray(two_level_a) - np.asarray(two_level_b)
+            out.two_level_ci_low, out.two_level_ci_high = percentile_interval(two, confidence)
+            out.p_two_level = bootstrap_p_value(two)
+    return out
 
 
 # -- a table of conditions -----------------------------------------------------------------------------------
@@ -258,23 +314,30 @@ def summarise_conditions(labels, score_sets: dict[str, list], reference: str, n_
     mean and standard deviation, a bootstrap interval of the mean AUC and, for every condition but
     ``reference``, the paired comparison with it (:class:`Comparison`, under ``"comparison"``).
 
-    The interval reflects the test set's sampling (cases resampled, stratified by class); the standard
-    deviation reflects the seeds (initial weights, batches, the subsets drawn).
+    The interval ``ci_low``-``ci_high`` reflects the test set's sampling (cases resampled, stratified by class);
+    the standard deviation reflects the seeds (initial weights, batches, the subsets drawn);
+    ``two_level_ci_low``-``two_level_ci_high`` both (seeds, then cases, resampled: :func:`two_level_means`; None
+    with one seed). The case resamples, and so every case-level figure, do not depend on the seed draws.
     """
     labels = np.asarray(labels, dtype=int)
     if reference not in score_sets:
         raise InputError(f"evaluate.reference: condition '{reference}' has no classifier runs "
                          f"(have: {', '.join(score_sets)})")
     boot = bootstrap_aucs(labels, score_sets, n_boot, seed)
+    seed_rng = np.random.default_rng([seed, 1])  # a stream of its own: the case resamples stay as they were
+    two_level = {name: two_level_means(b, seed_rng) if len(b) > 1 else None for name, b in boot.items()}
     out = {}
     for name, sets in score_sets.items():
         aucs = [auc(labels, s) for s in sets]
         lo, hi = percentile_interval(boot[name].mean(axis=0), confidence)
+        two_lo, two_hi = (percentile_interval(two_level[name], confidence) if two_level[name] is not None
+                          else (None, None))
         entry = {"aucs": aucs, "auc_mean": float(np.mean(aucs)),
                  "auc_std": float(np.std(aucs, ddof=1)) if len(aucs) > 1 else 0.0,
-                 "ci_low": lo, "ci_high": hi, "n_seeds": len(aucs)}
+                 "ci_low": lo, "ci_high": hi, "two_level_ci_low": two_lo, "two_level_ci_high": two_hi,
+                 "n_seeds": len(aucs)}
         if name != reference:
             entry["comparison"] = compare(labels, sets, score_sets[reference], boot[name], boot[reference],
-                                          confidence).to_dict()
+                                          confidence, two_level[name], two_level[reference]).to_dict()
         out[name] = entry
     return out

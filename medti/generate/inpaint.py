@@ -4,7 +4,8 @@ The mask is a file (white, or at least 50 % grey, = repaint) or a circle or box 
 edge is blurred by ``mask_blur`` pixels (the paper: 8). Two ways to repaint:
 
 - an inpainting checkpoint (a UNet with 2 x 4 + 1 input channels, e.g. stable-diffusion-2-inpainting),
-  given by ``--inpainting-model`` or as the base model itself: the UNet sees the mask and the masked image;
+  given by ``--inpainting-model`` or as the base model itself: the UNet sees the mask and the
+  masked image (the region to repaint blanked to mid-grey, 0 in [-1, 1], as diffusers and A1111 do);
 - a standard checkpoint by latent blending: after every step the latents outside the mask are replaced by
   the start image's, noised to that step's level.
 
@@ -183,7 +184,7 @@ def inpaint(model: BaseModel, image: torch.Tensor, mask: np.ndarray | torch.Tens
     init = sampler.encode_images(img)
     if in_channels == 2 * channels + 1:
         hard = (soft >= 0.5).float()
-        masked = sampler.encode_images(img * (1 - hard))
+        masked = sampler.encode_images(masked_image(img, hard))
         extra, keep = torch.cat([F.interpolate(hard, size=(h, w)), masked], dim=1), None
     else:
         extra, keep = None, F.interpolate(soft, size=(h, w), mode="area")
@@ -198,6 +199,13 @@ def inpaint(model: BaseModel, image: torch.Tensor, mask: np.ndarray | torch.Tens
                            scheduler=scheduler, resolution=(height, width), batch_size=batch_size,
                            progress_desc=progress_desc, denoising=denoising)
     return soft * drawn + (1 - soft) * img
+
+
+def masked_image(image: torch.Tensor, hard: torch.Tensor) -> torch.Tensor:
+    """The masked-image input of an inpainting UNet: ``image`` ([B, 3, H, W] in [0, 1]) with the region to
+    repaint (``hard`` = 1) blanked to mid-grey, i.e. 0 in the VAE's [-1, 1] space, as diffusers'
+    inpainting pipeline and the A1111 web UI blank it (the checkpoints were trained on such inputs)."""
+    return image * (1 - hard) + 0.5 * hard
 
 
 def load_inpainting_unet(spec: str, model: BaseModel, device: str | torch.device, dtype: torch.dtype | None,
@@ -231,7 +239,7 @@ def inpaint_job(image: str | os.PathLike, spec: MaskSpec, out: str | os.PathLike
     """
     import torch
 
-    from medti.atomic import write_json
+    from medti.atomic import output_lock, write_json
     from medti.generate.jobs import Runtime, load_modality, load_standalone, settings
     from medti.generate.synthetic import derive_seed, save_png
     from medti.tracking import track
@@ -268,8 +276,9 @@ def inpaint_job(image: str | os.PathLike, spec: MaskSpec, out: str | os.PathLike
     log.info("inpainting a %dx%d image (%s, blur %g px) with '%s' by %s, strength %g, %d result(s)",
              size[0], size[1], spec.describe(), float(cfg["mask_blur"]), prompt, method, float(cfg["strength"]),
              len(seeds))
-    with track(params, "inpaint", run_name=f"inpaint-{modality or 'custom'}",
-               tags={"modality": modality or "custom", "base_model": model.model_id, "method": method}) as t:
+    with output_lock(out, what="inpainting into this folder"), \
+            track(params, "inpaint", run_name=f"inpaint-{modality or 'custom'}",
+                  tags={"modality": modality or "custom", "base_model": model.model_id, "method": method}) as t:
         t.log_params(dict(cfg) | {"method": method, "inpainting_model": inpainting_model or ""})
         results = inpaint(model, pixels, soft, [prompt] * len(seeds), seeds, strength=float(cfg["strength"]),
                           negative_prompt=cfg["negative_prompt"], steps=int(cfg["steps"]),

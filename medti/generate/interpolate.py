@@ -93,12 +93,9 @@ class Figure:
 
 def draw_figures(loaded: Loaded, figures: list[Figure], out: str | os.PathLike, cfg: dict) -> Path:
     """Draw every figure (rows x ``cfg['n']`` seeds) into ``out``; write the grids and ``interpolate.csv``."""
-    import pandas as pd
-
-    from medti.atomic import atomic_path
-    from medti.figures import image_grid
+    from medti.atomic import atomic_dir, sweep_stale_temporaries
     from medti.generate.sampling import Sampler
-    from medti.generate.synthetic import derive_seed, save_png
+    from medti.generate.synthetic import derive_seed
 
     out = Path(out)
     n = int(cfg["n"])
@@ -106,6 +103,30 @@ def draw_figures(loaded: Loaded, figures: list[Figure], out: str | os.PathLike, 
     sampler = Sampler(loaded.model, device=loaded.device, dtype=loaded.dtype)
     prompts = [row.prompt for fig in figures for row in fig.rows]
     sampler.validate(prompts, cfg["negative_prompt"], cfg["scheduler"], cfg["resolution"])
+    _check_output(out)
+    sweep_stale_temporaries(out.parent, name=out.name)
+    with atomic_dir(out) as tmp:  # locked; the figures appear together when all are drawn
+        _draw(loaded, sampler, figures, tmp, cfg, seeds, out)
+    return out / TABLE
+
+
+def _check_output(out: Path) -> None:
+    """``out`` is replaced whole: it may hold nothing but an earlier interpolation output."""
+    from medti.errors import InputError
+
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / TABLE).is_file())):
+        raise InputError(f"{out}: holds files that are not an interpolation output (no {TABLE}); the figures "
+                         "replace the folder, so choose an empty or new folder")
+
+
+def _draw(loaded: Loaded, sampler, figures: list[Figure], out: Path, cfg: dict, seeds: list[int], final: Path):
+    import pandas as pd
+
+    from medti.atomic import atomic_path
+    from medti.figures import image_grid
+    from medti.generate.synthetic import save_png
+
+    n = len(seeds)
     records = []
     for fig in figures:
         images = sampler.sample([row.prompt for row in fig.rows for _ in seeds], seeds * len(fig.rows),
@@ -125,10 +146,9 @@ def draw_figures(loaded: Loaded, figures: list[Figure], out: str | os.PathLike, 
                                 "negative_prompt": cfg["negative_prompt"]})
         image_grid(list(images), out / f"{fig.name}.png", ncols=n, row_labels=[row.label for row in fig.rows],
                    titles=[f"sample {j + 1}" for j in range(n)], suptitle=fig.title)
-        log.info("%s: %d x %d images -> %s", fig.name, len(fig.rows), n, out / f"{fig.name}.png")
+        log.info("%s: %d x %d images -> %s", fig.name, len(fig.rows), n, final / f"{fig.name}.png")
     with atomic_path(out / TABLE) as tmp:
         pd.DataFrame(records).to_csv(tmp, index=False, lineterminator="\n")
-    return out / TABLE
 
 
 def _slug(text: str) -> str:

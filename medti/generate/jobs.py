@@ -36,7 +36,7 @@ SAMPLING_KEYS = ("steps", "guidance", "scheduler", "negative_prompt", "batch_siz
 class Runtime:
     """Where a job runs: the base-model spec, device and precision."""
 
-    base_model: str = "tiny"
+    base_model: str = schema_default("base_model.id")
     device: str = schema_default("base_model.device")
     precision: str = schema_default("base_model.precision")
     local_files_only: bool = schema_default("base_model.local_files_only")
@@ -180,13 +180,15 @@ def generate_standalone(out: str | os.PathLike, prompts: list[str], n: int | Non
 
 
 def _set_spec(loaded: Loaded, modality: str, classes, cfg: dict, shard: tuple[int, int], channels: str = "rgb"):
+    from medti.generate.schedulers import describe_sampler
     from medti.generate.synthetic import SetSpec
 
+    sampler = describe_sampler(cfg["scheduler"], loaded.model.noise_scheduler.config, int(cfg["steps"]))
     return SetSpec(modality=modality, classes=classes, n_per_class=int(cfg["n_per_class"]),
                    base_model=loaded.model.model_id, text_encoder_hash=loaded.model.text_encoder_hash(),
                    seed=int(cfg["seed"]), steps=int(cfg["steps"]), guidance=float(cfg["guidance"]),
                    scheduler=cfg["scheduler"], negative_prompt=cfg["negative_prompt"], resolution=cfg["resolution"],
-                   channels=channels, shard=shard)
+                   channels=channels, shard=shard, sampler=sampler)
 
 
 def _run(params, loaded: Loaded, spec, out, cfg, inputs=None):

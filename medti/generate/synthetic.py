@@ -9,10 +9,18 @@ Layout of an output folder::
     OUT/shards/manifest-K-of-N.csv  a shard's rows (``--shard K/N``), joined by :func:`merge_shards`
 
 Image i of class c always gets the seed :func:`derive_seed` (base seed, c, i), so any image can be drawn
-again alone, a killed run resumes by skipping the images already on disk, and shards (any N) together make
+again alone, a killed run resumes by skipping the images already drawn, and shards (any N) together make
 exactly the set one unsharded run makes. Settings that change what an image is (model, embeddings,
-prompts, steps, guidance, scheduler, resolution, seed...) are fingerprinted: images made with other
-settings are never mixed into a set; they are removed when a run with new settings starts.
+prompts, steps, guidance, sampler and its timesteps, resolution, seed...) are fingerprinted: images made
+with other settings are never mixed into a set; they are discarded (with a warning naming the settings that
+differ) when a run with new settings starts.
+
+An unsharded run draws into a staging folder beside OUT, ``<parent>/.medti-partial/<name>/`` (with its own
+``generate.json``), and puts the finished set in OUT's place at the end. OUT is what a workflow manager
+declares: Snakemake deletes an incomplete output (``--rerun-incomplete``) or a failed job's, and the staged
+images survive that, so the rerun draws only the missing ones. A finished OUT made with the same settings
+is taken over (hard links), so a larger ``n_per_class`` draws only the new images. One run at a time per OUT
+(:func:`medti.atomic.output_lock`); shards of one set share it and each locks its own part.
 
 In manifest rows, ``source_checksum`` is the sha256 of the PNG itself (a synthetic image is its own
 source; the embedding that made it is ``embedding_checksum``), ``subject_id`` is ``syn-<class>-<index>``,
@@ -49,6 +57,7 @@ SETTINGS_FILE = "generate.json"
 MANIFEST = "manifest.csv"
 GRID = "grid.png"
 SHARDS = "shards"
+PARTIAL = ".medti-partial"
 GRID_PER_CLASS = 8
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 
@@ -102,6 +111,7 @@ class SetSpec:
     resolution: int | None = None
     channels: str = "rgb"  # rgb | grey (match the real images the classifier will see)
     shard: tuple[int, int] = (1, 1)
+    sampler: dict | None = None  # the sampler's class, config and timesteps (filled in by generate_set)
 
     def __post_init__(self) -> None:
         if int(self.n_per_class) < 1:
@@ -154,47 +164,219 @@ class SetResult:
 def generate_set(model: BaseModel, spec: SetSpec, out: str | os.PathLike, *, batch_size: int = 16,
                  device: str | torch.device | None = None, dtype: torch.dtype | None = None,
                  sampler: Sampler | None = None) -> SetResult:
-    """Draw the set (or this shard of it) into ``out``, skipping images already there; write the manifest."""
-    from medti.atomic import sweep_stale_temporaries, write_json
+    """Draw the set (or this shard of it) into ``out``, skipping images already drawn; write the manifest."""
+    from medti.atomic import output_lock
     from medti.generate.sampling import Sampler
+    from medti.generate.schedulers import describe_sampler
 
     out = Path(out)
     items = spec.items()
     sampler = sampler or Sampler(model, device=device, dtype=dtype)
     sampler.validate(sorted({it.prompt for it in items}), spec.negative_prompt, spec.scheduler, spec.resolution)
-    out.mkdir(parents=True, exist_ok=True)
-    _start_or_resume(out, spec)
-    todo = [it for it in items if not (out / it.path).is_file()]
-    for c in spec.classes:
-        sweep_stale_temporaries(out / c.name)
-    skipped = len(items) - len(todo)
-    if skipped:
-        log.info("resuming: %d of %d images are already in %s", skipped, len(items), out)
+    spec.sampler = describe_sampler(spec.scheduler, model.noise_scheduler.config, spec.steps)
+    k, n = spec.shard
+    if n == 1:
+        with output_lock(out, what="generating this synthetic set"):
+            return _generate_staged(sampler, spec, out, items, batch_size)
+    with output_lock(out, shared=True, what="writing this synthetic set (not as a shard)"), \
+            output_lock(out.parent / f"{out.name}.shard-{k}-of-{n}", what=f"generating shard {k}/{n} of this set"):
+        out.mkdir(parents=True, exist_ok=True)
+        with output_lock(out.parent / f"{out.name}.settings", wait=60, what="checking this set's settings"):
+            _start_or_resume(out, spec)
+        return _generate_shard(sampler, spec, out, items, batch_size)
+
+
+def staging_dir(out: str | os.PathLike) -> Path:
+    """Where an unsharded run draws the set ``out`` until it is complete: ``<parent>/.medti-partial/<name>``,
+    beside ``out`` (outside what a workflow manager deletes) and on its filesystem (the set moves in by rename)."""
+    out = Path(os.path.abspath(out))
+    return out.parent / PARTIAL / out.name
+
+
+def _draw(sampler: Sampler, spec: SetSpec, folder: Path, todo: list[Item], batch_size: int) -> float:
+    """Draw ``todo`` into ``folder``, each batch saved as soon as it is decoded; return the seconds it took."""
     start = time.perf_counter()
     if todo:
         def save(sl, images):
             for it, img in zip(todo[sl], images):
-                save_png(img, out / it.path, spec.channels)
+                save_png(img, folder / it.path, spec.channels)
 
         sampler.sample([it.prompt for it in todo], [it.seed for it in todo], negative_prompt=spec.negative_prompt,
                        steps=spec.steps, guidance=spec.guidance, scheduler=spec.scheduler,
                        resolution=spec.resolution, batch_size=batch_size,
                        progress_desc=f"generate {spec.modality}", on_batch=save)
-    seconds = time.perf_counter() - start
-    rows = manifest_rows(out, spec, items)
-    stats = {"images": len(items), "generated": len(todo), "skipped": skipped, "seconds": round(seconds, 3),
-             "images_per_s": round(len(todo) / seconds, 3) if todo and seconds > 0 else None}
+    return time.perf_counter() - start
+
+
+def _stats(items: list[Item], todo: list[Item], seconds: float) -> dict:
+    return {"images": len(items), "generated": len(todo), "skipped": len(items) - len(todo),
+            "seconds": round(seconds, 3),
+            "images_per_s": round(len(todo) / seconds, 3) if todo and seconds > 0 else None}
+
+
+def _generate_staged(sampler: Sampler, spec: SetSpec, out: Path, items: list[Item], batch_size: int) -> SetResult:
+    """An unsharded run (``out`` locked): resume in the staging folder, then move the finished set into place."""
+    from medti.atomic import replace_dir, sweep_stale_temporaries, write_json
+
+    stage = staging_dir(out)
+    sweep_stale_temporaries(out.parent, name=out.name)  # a replaced set a killed run left behind
+    finished = _check_output(out, spec)
+    _open_stage(stage, spec)
+    adopted = _adopt(out, stage, items) if finished == spec.fingerprint() else 0
+    for c in spec.classes:
+        sweep_stale_temporaries(stage / c.name)
+    todo = [it for it in items if not (stage / it.path).is_file()]
+    skipped = len(items) - len(todo)
+    if skipped:
+        log.info("resuming: %d of %d images are already drawn (%d staged in %s, %d taken over from %s)",
+                 skipped, len(items), skipped - adopted, stage, adopted, out)
+    seconds = _draw(sampler, spec, stage, todo, batch_size)
+    stats = _stats(items, todo, seconds)
+    _drop_extra(stage, spec, items)
+    rows = manifest_rows(stage, spec, items)
+    shutil.rmtree(stage / SHARDS, ignore_errors=True)
+    _write_set(stage, rows, [c.name for c in spec.classes])
+    write_json(stage / SETTINGS_FILE, _settings_record(spec, stats))
+    replace_dir(stage, out)
+    _tidy_partial(stage.parent)
+    return SetResult(out, out / MANIFEST, len(todo), skipped, seconds, stats)
+
+
+def _generate_shard(sampler: Sampler, spec: SetSpec, out: Path, items: list[Item], batch_size: int) -> SetResult:
+    """Shard K of N (``out`` shared, the shard locked): draw into ``out`` itself, write the shard's manifest."""
+    from medti.atomic import sweep_stale_temporaries, write_json
+
     k, n = spec.shard
-    if n == 1:
-        manifest = out / MANIFEST
-        _write_set(out, rows, [c.name for c in spec.classes])
-    else:
-        manifest = out / SHARDS / f"manifest-{k}-of-{n}.csv"
-        _write_rows(rows, manifest)
-        write_json(out / SHARDS / f"shard-{k}-of-{n}.json", {"fingerprint": spec.fingerprint(), "shard": [k, n],
-                                                               "images": len(items), "stats": stats})
-    write_json(out / SETTINGS_FILE, _settings_record(spec, stats if n == 1 else None))
+    for c in spec.classes:
+        sweep_stale_temporaries(out / c.name)
+    todo = [it for it in items if not (out / it.path).is_file()]
+    skipped = len(items) - len(todo)
+    if skipped:
+        log.info("resuming: %d of %d images are already in %s", skipped, len(items), out)
+    seconds = _draw(sampler, spec, out, todo, batch_size)
+    stats = _stats(items, todo, seconds)
+    rows = manifest_rows(out, spec, items)
+    manifest = out / SHARDS / f"manifest-{k}-of-{n}.csv"
+    _write_rows(rows, manifest)
+    write_json(out / SHARDS / f"shard-{k}-of-{n}.json", {"fingerprint": spec.fingerprint(), "shard": [k, n],
+                                                           "images": len(items), "stats": stats})
     return SetResult(out, manifest, len(todo), skipped, seconds, stats)
+
+
+_IMAGE = re.compile(r"^(?P<cls>[A-Za-z0-9_.-]+)-(?P<index>\d{5,})\.png$")
+
+
+def _check_output(out: Path, spec: SetSpec) -> str | None:
+    """The fingerprint of the finished set in ``out`` (None: no set there). ``out`` is replaced by the new set
+    at the end, so it may hold nothing but a medti synthetic set (InputError otherwise)."""
+    if not out.exists():
+        return None
+    if not out.is_dir():
+        raise InputError(f"{out}: exists and is not a folder; choose a folder for the synthetic set")
+    record = _read_json(out / SETTINGS_FILE)
+    classes = {c.name for c in spec.classes} | {c.get("name") for c in (record or {}).get("classes", [])
+                                                if isinstance(c, dict)}
+    if record is None:
+        stray = sorted(c.name for c in spec.classes if any((out / c.name).glob(f"{c.name}-*.png")))
+        if stray:
+            raise InputError(f"{out}: holds images of classes {stray} but no {SETTINGS_FILE} "
+                             "(not a medti synthetic set): choose an empty folder")
+    ours = {SETTINGS_FILE, MANIFEST, GRID, SHARDS, ".snakemake_timestamp"}
+    foreign = []
+    for entry in sorted(out.iterdir()):
+        if entry.name in classes and entry.is_dir():
+            foreign += [f"{entry.name}/{p.name}" for p in sorted(entry.iterdir())
+                        if not (p.name.startswith(".") or (_IMAGE.match(p.name) and p.name.startswith(entry.name)))]
+        elif entry.name not in ours:
+            foreign.append(entry.name)
+    if foreign:
+        raise InputError(f"{out}: holds {foreign[0]}, which is not part of a medti synthetic set; the set replaces "
+                         "the folder when it is complete, so choose an empty or new folder")
+    if record is None:
+        return None
+    if record.get("fingerprint") != spec.fingerprint():
+        log.warning("%s holds a set made with other settings (%s): it is replaced when this run finishes",
+                    out, ", ".join(_differences(record, spec)) or "unrecorded")
+        return None
+    return record["fingerprint"] if (out / MANIFEST).is_file() else None
+
+
+def _differences(record: dict, spec: SetSpec) -> list[str]:
+    """The settings in which ``record`` (a generate.json) differs from ``spec``."""
+    new = _settings_record(spec, None)
+    return [k for k in new if k not in ("fingerprint", "n_per_class") and record.get(k) != new[k]]
+
+
+def _open_stage(stage: Path, spec: SetSpec) -> None:
+    """The staging folder for ``spec``: images staged with other settings (or unrecorded ones) are discarded
+    before this run's settings are recorded, and recorded before its first image is drawn, so every staged
+    image was drawn with the recorded settings."""
+    from medti.atomic import write_json, write_text
+
+    old = _read_json(stage / SETTINGS_FILE)
+    if stage.exists() and (old is None or old.get("fingerprint") != spec.fingerprint()):
+        staged = sum(1 for p in stage.glob("*/*.png") if not p.name.startswith("."))
+        if staged:
+            log.warning("discarding %d images staged in %s with other settings (%s)", staged, stage,
+                        ", ".join(_differences(old, spec)) if old else "unrecorded")
+        shutil.rmtree(stage)
+    for attempt in range(3):  # a sibling set's run may remove an empty .medti-partial meanwhile
+        try:
+            stage.mkdir(parents=True, exist_ok=True)
+            break
+        except FileNotFoundError:
+            if attempt == 2:
+                raise
+    if not (stage.parent / ".gitignore").is_file():
+        write_text(stage.parent / ".gitignore", "# medti: unfinished synthetic sets (resume state)\n*\n")
+    if old is None or old.get("fingerprint") != spec.fingerprint():
+        write_json(stage / SETTINGS_FILE, _settings_record(spec, None))
+
+
+def _adopt(out: Path, stage: Path, items: list[Item]) -> int:
+    """Hard-link the images of a finished set in ``out`` (same settings) into ``stage``; return how many."""
+    from medti.atomic import atomic_path
+
+    n = 0
+    for it in items:
+        src, dst = out / it.path, stage / it.path
+        if src.is_file() and not dst.exists():
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(src, dst)
+            except OSError:
+                with atomic_path(dst, fsync=False) as tmp:
+                    shutil.copy2(src, tmp)
+            n += 1
+    return n
+
+
+def _drop_extra(stage: Path, spec: SetSpec, items: list[Item]) -> None:
+    """Remove staged images that are not in the set (a smaller ``n_per_class`` than before): the folder holds
+    exactly what the manifest lists."""
+    wanted = {it.path for it in items}
+    for c in spec.classes:
+        for png in (stage / c.name).glob(f"{c.name}-*.png"):
+            if f"{c.name}/{png.name}" not in wanted:
+                png.unlink()
+    names = {c.name for c in spec.classes}
+    for entry in stage.iterdir():
+        if entry.is_dir() and entry.name not in names and entry.name != SHARDS:
+            shutil.rmtree(entry)
+
+
+def _tidy_partial(partial: Path) -> None:
+    """Remove ``.medti-partial`` when no other set is staged in it."""
+    try:
+        rest = [p for p in partial.iterdir() if p.name != ".gitignore"]
+    except FileNotFoundError:
+        return
+    if not rest:
+        (partial / ".gitignore").unlink(missing_ok=True)
+        try:
+            partial.rmdir()
+        except OSError:
+            pass
 
 
 def _settings_record(spec: SetSpec, stats: dict | None) -> dict:
@@ -207,24 +389,21 @@ def _settings_record(spec: SetSpec, stats: dict | None) -> dict:
 
 
 def _start_or_resume(out: Path, spec: SetSpec) -> None:
-    """Keep images made with these settings; remove a set made with other settings (unsharded runs only:
-    shards share a folder, so a shard with other settings is an error instead)."""
+    """A shard's start: keep images made with these settings; shards share a folder, so a folder holding a set
+    made with other settings is an error naming the settings that differ."""
     from medti.atomic import write_json
 
     record = out / SETTINGS_FILE
     old = _read_json(record)
     if old is not None and old.get("fingerprint") != spec.fingerprint():
-        if spec.shard[1] > 1:
-            raise InputError(f"{out}: holds images made with other settings than shard {spec.shard[0]}/"
-                             f"{spec.shard[1]}; give the shards one folder per settings")
-        log.warning("%s holds images made with other settings: removing them and starting over", out)
-        _clear(out, [c["name"] for c in old.get("classes", []) if isinstance(c, dict) and "name" in c])
-    elif old is None:
+        raise InputError(f"{out}: holds images made with other settings ({', '.join(_differences(old, spec))}) than "
+                         f"shard {spec.shard[0]}/{spec.shard[1]}; give the shards one folder per settings")
+    if old is None:
         stray = [c.name for c in spec.classes if any((out / c.name).glob(f"{c.name}-*.png"))]
         if stray:
             raise InputError(f"{out}: holds images of classes {stray} but no {SETTINGS_FILE} "
                              "(not a medti synthetic set): choose an empty folder")
-    write_json(record, _settings_record(spec, None))
+        write_json(record, _settings_record(spec, None))
 
 
 def _read_json(path: Path) -> dict | None:
@@ -232,17 +411,6 @@ def _read_json(path: Path) -> dict | None:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-
-
-def _clear(out: Path, class_names: list[str]) -> None:
-    for name in class_names:
-        folder = out / name
-        if folder.is_dir():
-            for png in folder.glob(f"{name}-*.png"):
-                png.unlink()
-    for p in (out / MANIFEST, out / GRID):
-        p.unlink(missing_ok=True)
-    shutil.rmtree(out / SHARDS, ignore_errors=True)
 
 
 def save_png(image: torch.Tensor, path: Path, channels: str = "rgb") -> None:
@@ -324,10 +492,16 @@ def merge_shards(out: str | os.PathLike, sources: Sequence[str | os.PathLike] | 
     Every shard 1..N of one fingerprint must be present; images held in other folders are copied into
     ``out``. Shards run in the same folder need no copying.
     """
-    from medti.atomic import atomic_path, write_json
+    from medti.atomic import output_lock
 
     out = Path(out)
-    sources = [Path(s) for s in (sources or [out])]
+    with output_lock(out, what="writing this synthetic set"):
+        return _merge_shards(out, [Path(s) for s in (sources or [out])])
+
+
+def _merge_shards(out: Path, sources: list[Path]) -> Path:
+    from medti.atomic import atomic_path, write_json
+
     parts: dict[int, tuple[Path, dict, Path]] = {}
     fingerprint, total = None, None
     for src in sources:

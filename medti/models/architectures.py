@@ -1,6 +1,7 @@
 """Stable Diffusion architectures built from configs, with seeded random weights and no download.
 
-``tiny`` is the embedded default (64 px, runs on a laptop CPU); ``small`` is a mid-size model for
+``tiny`` is the random model for fast tests (64 px, runs on a laptop CPU); ``toy`` is its pre-trained sibling
+(:mod:`medti.models.toy`, the embedded default); ``small`` is a mid-size model for
 benchmarks; ``sd15`` and ``sd2`` are the full SD 1.5 and SD 2.0-base architectures (the configs of
 runwayml/stable-diffusion-v1-5 and stabilityai/stable-diffusion-2-base), used by the GPU benchmarks.
 Images drawn from randomly initialised weights carry no medical meaning.
@@ -58,6 +59,21 @@ ARCHITECTURES: dict[str, Architecture] = {
                   up_block_types=["CrossAttnUpBlock2D", "CrossAttnUpBlock2D"]),
         vae=dict(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1, norm_num_groups=8,
                  block_out_channels=[32, 64, 64], sample_size=64,
+                 down_block_types=["DownEncoderBlock2D"] * 3, up_block_types=["UpDecoderBlock2D"] * 3),
+    ),
+    # tiny's text encoder and UNet with a lighter autoencoder; pre-trained on phantoms by medti.models.toy
+    "toy": Architecture(
+        name="toy",
+        resolution=64,
+        text=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                  projection_dim=64, hidden_act="gelu", max_position_embeddings=77),
+        unet=dict(sample_size=16, in_channels=4, out_channels=4, layers_per_block=1,
+                  block_out_channels=[32, 64], norm_num_groups=8, cross_attention_dim=64,
+                  attention_head_dim=8,
+                  down_block_types=["CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+                  up_block_types=["CrossAttnUpBlock2D", "CrossAttnUpBlock2D"]),
+        vae=dict(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1, norm_num_groups=8,
+                 block_out_channels=[16, 32, 64], sample_size=64,
                  down_block_types=["DownEncoderBlock2D"] * 3, up_block_types=["UpDecoderBlock2D"] * 3),
     ),
     "small": Architecture(

@@ -1,4 +1,5 @@
-"""Loading a base model: ``tiny`` (built offline), ``random:<arch>``, a local diffusers folder or a hub id.
+"""Loading a base model: ``toy`` (pre-trained on phantoms, shipped with medti), ``tiny`` (random, built
+offline), ``random:<arch>``, a local diffusers folder or a hub id.
 
 Only the five components Textual Inversion and sampling need are loaded (no safety checker or feature
 extractor). ``tiny`` is built once per machine into medti's cache (``$MEDTI_CACHE``, default
@@ -154,6 +155,13 @@ def _is_diffusers_folder(p: Path) -> bool:
 
 def resolve_model_spec(spec: str) -> tuple[str, Path | None]:
     """Map a base-model spec to (model_id, local folder or None for a hub id)."""
+    if spec == "toy":
+        from medti.models.toy import TOY_FOLDER
+
+        if not (TOY_FOLDER / MARKER).is_file():
+            raise ModelError(f"base model 'toy': {TOY_FOLDER} is missing (a broken install? rebuild it with "
+                             "`python scripts/build-toy-model.py`)")
+        return spec, TOY_FOLDER
     if spec == "tiny" or spec.startswith("random:"):
         arch = "tiny" if spec == "tiny" else spec.split(":", 1)[1]
         return spec, tiny_model_path(arch)
@@ -173,7 +181,7 @@ def load_base_model(spec: str = "tiny", device: str | torch.device = "cpu", dtyp
                                                    "scheduler")) -> BaseModel:
     """Load the frozen components of a Stable Diffusion 1.x/2.x checkpoint.
 
-    ``spec`` is ``tiny``, ``random:<arch>`` (tiny, small, sd15, sd2), a local diffusers folder, or a hub id
+    ``spec`` is ``toy``, ``tiny``, ``random:<arch>`` (tiny, small, sd15, sd2), a local diffusers folder, or a hub id
     (read from the Hugging Face cache when ``local_files_only``). Weights are frozen and in eval mode, all
     in ``dtype`` (None: float32, whatever the files store; transformers would otherwise keep a stored fp16
     text encoder while diffusers widens the UNet and VAE).

@@ -45,6 +45,7 @@ from medti.phantoms.images import (
     random_opacity,
 )
 from medti.phantoms.kinds import DEFAULT_CLASSES, LABEL_KEYS
+from medti.phantoms.looks import chest_look, histo_look, prostate_look
 
 log = logging.getLogger("medti.phantoms")
 
@@ -106,7 +107,7 @@ def _chest_subject(out: Path, s: int, cls: str, sick: bool, rng, seed: int, size
         set_pixels(ds, stored, "MONOCHROME1" if mono1 else "MONOCHROME2", bits_stored=12)
         rel = f"subject_{s + 1:04d}/image_{k + 1}.dcm"
         save(ds, out / rel)
-        rows.append((rel, cls))
+        rows.append((rel, cls, chest_look(opacity)))
     return rows, len(rows)
 
 
@@ -161,7 +162,7 @@ def _prostate_subject(out: Path, s: int, cls: str, sick: bool, rng, seed: int) -
                 set_pixels(ds, stored[i], "MONOCHROME2", bits_stored=12)
                 save(ds, out / f"subject_{s + 1:04d}/study_{k + 1}/series_{index + 1}/slice_{order[i] + 1:02d}.dcm")
                 files += 1
-        rows.append((study["StudyInstanceUID"], cls))
+        rows.append((study["StudyInstanceUID"], cls, prostate_look(anatomy)))
     return rows, files
 
 
@@ -176,6 +177,7 @@ def _histopathology_subject(out: Path, s: int, cls: str, sick: bool, rng, seed: 
     ybr, rle = rng.random() < 0.4, rng.random() < 0.15
     for k in range(int(rng.integers(1, 4))):
         sop_uid = uid(seed, "histo", s, k)
+        look: dict = {}
         ds = dicom_dataset(vl_micro, sop_uid, "GM", patient, study)
         ds.SeriesInstanceUID = uid(seed, "histo", s, "series")
         ds.SeriesNumber, ds.InstanceNumber = 1, k + 1
@@ -184,7 +186,7 @@ def _histopathology_subject(out: Path, s: int, cls: str, sick: bool, rng, seed: 
         ds.ContainerIdentifier = f"S{study['StudyDate'][2:4]}-{rng.integers(1000, 9999)}-A{k + 1}"
         ds.PixelSpacing = ["0.0005", "0.0005"]
         ds.LossyImageCompression = "00"
-        rgb = histo_patch(rng, sick, stain)
+        rgb = histo_patch(rng, sick, stain, look=look)
         if ybr:
             set_pixels(ds, convert_color_space(rgb, "RGB", "YBR_FULL"), "YBR_FULL")
         else:
@@ -192,7 +194,7 @@ def _histopathology_subject(out: Path, s: int, cls: str, sick: bool, rng, seed: 
         if rle:
             ds.compress(RLELossless, generate_instance_uid=False)
         save(ds, out / f"subject_{s + 1:04d}/patch_{k + 1}.dcm")
-        rows.append((sop_uid, cls))
+        rows.append((sop_uid, cls, histo_look(look)))
     return rows, len(rows)
 
 
@@ -212,12 +214,17 @@ def _subject(task) -> tuple[list, int]:
 def generate_phantoms(modality: str, out: str | os.PathLike, *, classes: list[str] | None = None,
                       subjects_per_class: int = schema_default("phantoms.subjects_per_class"),
                       seed: int = schema_default("phantoms.seed"), size: int | None = None,
-                      workers: int = 1) -> PhantomResult:
+                      workers: int = 1, label: str = "class") -> PhantomResult:
     """Write the phantom DICOMs of ``modality`` and ``labels.csv`` into ``out`` (atomically).
 
     ``classes``: the modality's two classes (healthy first); ``size`` changes the chest radiographs' size
-    (the benchmark uses small ones); ``workers`` processes share the subjects. Returns the folder and counts.
+    (the benchmark uses small ones); ``workers`` processes share the subjects. ``label="look"`` labels each
+    image by what it shows in the generator's own visual terms (:mod:`medti.phantoms.looks`, e.g.
+    ``spot_left_upper``) instead of its class: the toy base model is pre-trained on such labels, never on
+    classes. The pixels do not depend on ``label``. Returns the folder and counts.
     """
+    if label not in ("class", "look"):
+        raise ConfigError(f"phantoms: label must be 'class' or 'look', not '{label}'")
     if modality not in GENERATORS:
         raise ConfigError(f"phantoms: no phantom generator for kind '{modality}' (have: {', '.join(GENERATORS)})")
     classes = list(classes or DEFAULT_CLASSES[modality])
@@ -238,7 +245,7 @@ def generate_phantoms(modality: str, out: str | os.PathLike, *, classes: list[st
         else:
             results = [_subject(t) for t in progress(tasks, desc=modality)]
         for subject_rows, n in results:
-            rows += subject_rows
+            rows += [(key, cls if label == "class" else look) for key, cls, look in subject_rows]
             files += n
         with open(tmp / "labels.csv", "w", newline="", encoding="utf-8") as fh:
             writer = csv.writer(fh, lineterminator="\n")

@@ -168,14 +168,17 @@ def _nucleus(h, rng, cy, cx, ry, rx, angle, density, jagged):
     h[y0:y1, x0:x1] = np.maximum(h[y0:y1, x0:x1], density * body * texture)
 
 
-def histo_patch(rng, atypical: bool, stain: tuple[float, float], size: int = 96):
-    """An H&E patch (uint8 RGB) by Beer-Lambert from hematoxylin and eosin densities."""
+def histo_patch(rng, atypical: bool, stain: tuple[float, float], size: int = 96, look: dict | None = None):
+    """An H&E patch (uint8 RGB) by Beer-Lambert from hematoxylin and eosin densities; ``look`` (a dict, if
+    given) receives what the patch shows: its number of glands, or whether a small lumen is left."""
+    look = {} if look is None else look
     noise = _smooth(rng.standard_normal((size, size)).astype(np.float32), (0.8, 3.0))
     e = 0.42 + 0.35 * noise
     h = np.full((size, size), 0.04, np.float32)
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
     if not atypical:  # glands: a lumen lined by a ring of small, regular, evenly spaced nuclei
-        for _ in range(rng.integers(1, 3)):
+        look["glands"] = int(rng.integers(1, 3))
+        for _ in range(look["glands"]):
             gy, gx, gr = rng.uniform(15, size - 15), rng.uniform(15, size - 15), rng.uniform(9, 15)
             dist = np.hypot(yy - gy, xx - gx)
             e = np.where(dist < gr + 4, 0.55, e)
@@ -186,7 +189,8 @@ def histo_patch(rng, atypical: bool, stain: tuple[float, float], size: int = 96)
             _nucleus(h, rng, rng.uniform(0, size), rng.uniform(0, size), 1.2, rng.uniform(2.5, 3.5),
                      rng.uniform(0, np.pi), 0.85, 0.03)
     else:  # crowded, enlarged, pleomorphic, hyperchromatic nuclei with nucleoli; glands lost
-        if rng.random() < 0.4:
+        look["lumen"] = bool(rng.random() < 0.4)
+        if look["lumen"]:
             gy, gx = rng.uniform(20, size - 20, 2)
             e = np.where(np.hypot(yy - gy, xx - gx) < rng.uniform(3, 6), 0.05, e)
         for _ in range(rng.integers(55, 85)):

@@ -49,7 +49,7 @@ def standalone_params(source: dict, classes: list[str], *, modality: str = "data
         "classes": {f"{modality}-{c}": {"modality": modality, "class": c} for c in classes},
         "prepare": dict(settings or {}),
     }
-    validate(params, source="prepare settings")
+    validate(params, source="prepare settings", evaluation=False)  # the test split's size is the user's call
     params["_meta"]["root"] = str(root if root is not None else project_root())
     return params
 

@@ -26,6 +26,9 @@ def add_parser(sub) -> None:
     p.add_argument("--workers", type=int, help="worker processes (default: prepare.workers)")
     p.add_argument("--on-error", choices=["skip", "fail"],
                    help="per-file problems: skip (listed in rejects.csv) or fail")
+    p.add_argument("--show-paths", action="store_true",
+                   help="show the real path of each rejected (or failing) input on the terminal (stderr only, "
+                        "refused when stderr is a file); files and logs always name inputs by salted ids")
     s = p.add_argument_group("settings (override prepare.* of params.yaml)")
     s.add_argument("--size", type=int, help="output images are SIZE x SIZE pixels")
     s.add_argument("--fit", choices=["resize", "crop", "pad"], help="how a non-square image becomes square")
@@ -33,6 +36,8 @@ def add_parser(sub) -> None:
     s.add_argument("--normalise", choices=["minmax", "percentile"], help="intensity range where no window applies")
     s.add_argument("--split", help="train,val,test: fractions (0.5,0.25,0.25) or subject counts per class (100,50,50)")
     s.add_argument("--ti-per-class", type=int, help="images per class for embedding training (from train)")
+    s.add_argument("--min-size", type=int, help="reject input images with a side shorter than this (px)")
+    s.add_argument("--max-pixels", type=int, help="reject input images with more pixels (per frame or slice)")
     s.add_argument("--seed", type=int, help="seed of the split and subset (standalone; default: the schema's seed)")
     src = p.add_argument_group("standalone source")
     src.add_argument("--name", help="the data set's name, written as the manifest's modality (default: data)")
@@ -70,8 +75,8 @@ def _csv(text: str | None) -> list[str] | None:
 
 
 def _settings(args) -> dict:
-    out = {k: getattr(args, k) for k in ("size", "fit", "channels", "normalise", "workers")
-           if getattr(args, k) is not None}
+    out = {k: getattr(args, k) for k in ("size", "fit", "channels", "normalise", "workers", "min_size", "max_pixels")
+           if getattr(args, k, None) is not None}
     if args.ti_per_class is not None:
         out["ti_per_class"] = args.ti_per_class
     if args.on_error is not None:
@@ -138,7 +143,52 @@ def _source(args) -> dict:
     return src
 
 
+def _stderr_is_a_file(log_file) -> bool:
+    """Whether stderr goes to a regular file (a redirect, or the --log file under Snakemake's ``2> {log}``)."""
+    import os
+    import stat
+    import sys
+
+    try:
+        st = os.fstat(sys.stderr.fileno())
+    except (OSError, ValueError, AttributeError):
+        return True  # unknown: treat as a file
+    if log_file:
+        try:
+            if os.path.samestat(st, os.stat(log_file)):
+                return True
+        except OSError:
+            pass
+    return stat.S_ISREG(st.st_mode)
+
+
+def _show(paths: dict, rows) -> None:
+    """The real paths of ``rows`` ((input id, kind, reason)) on stderr, never through logging."""
+    import sys
+
+    for input_id, kind, _ in rows:
+        path = paths.get(input_id)
+        if path is not None:
+            shown = path.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+            print(f"medti prepare: input {input_id} ({kind}): {shown}", file=sys.stderr)
+
+
 def run(args) -> int:
+    from medti.errors import MedtiError
+
+    show_paths = bool(getattr(args, "show_paths", False))
+    if show_paths and _stderr_is_a_file(getattr(args, "log", None)):
+        raise ConfigError("--show-paths: stderr goes to a file here; real input paths are shown on a terminal only "
+                          "(the private lookup .medti/input-paths.jsonl beside the salt maps ids to paths)")
+    try:
+        return _run(args)
+    except MedtiError as exc:
+        if show_paths and getattr(exc, "input_paths", None):
+            _show(exc.input_paths, [(k, "failed", "") for k in exc.input_paths])
+        raise
+
+
+def _run(args) -> int:
     settings = _settings(args)
     ctx = pipeline_mode(args, "prepare")
     if ctx:
@@ -162,5 +212,7 @@ def run(args) -> int:
         seed = schema_default("seed") if args.seed is None else args.seed
         result = prepare_source(_source(args), classes, args.out, modality=args.name or "data", settings=rest,
                                 seed=seed, workers=args.workers, on_error=args.on_error)
+    if getattr(args, "show_paths", False) and result.rejects:
+        _show(result.input_paths or {}, result.rejects)
     print(result.out)
     return 0

@@ -284,6 +284,11 @@ def frame_units(ds, ctx: Context):
     """Yield ``(frame index or None, [0, 1] image)`` for the frames to keep: the middle one or all
     (``ctx.frames``); None for a single-frame file. Raises Rejected for files without usable pixels."""
     check_pixels(ds)
+    rows, columns = ds.get("Rows"), ds.get("Columns")
+    try:
+        ctx.check_size(int(rows), int(columns))  # before decoding: a 10000 x 10000 image costs gigabytes
+    except (TypeError, ValueError):
+        pass  # no usable size in the header: checked after decoding (Context.write)
     n = frame_count(ds)
     if n == 1:
         yield None, to_unit(decode(ds), ds, ctx)
@@ -306,7 +311,8 @@ class DicomSource:
         self.channel_names: list[str] = []
 
     def plan(self, run_parallel, labeler) -> tuple[list, list]:
-        return list_files(self.root, self.exclude), []
+        rejects: list = []
+        return list_files(self.root, self.exclude, rejects), rejects
 
     def process(self, relpath: str, ctx: Context) -> Result:
         data = (self.root / relpath).read_bytes()
@@ -323,7 +329,8 @@ class DicomSource:
             for frame, unit in frame_units(ds, ctx):
                 key = relpath if frame is None else f"{relpath}#frame{frame}"
                 result.records.append(ctx.write(unit, f"dicom:{key}", subject, cls, checksum, (relpath,), line,
-                                                identifiers=identifying_values(ds)))
+                                                identifiers=identifying_values(ds),
+                                                part="" if frame is None else f"frame{frame}"))
             return result
         except Rejected as exc:
             raise Rejected(exc.kind, exc.reason, exc.line or line, identifying_values(ds)) from None

@@ -9,6 +9,7 @@ rejected. Multi-page TIFFs give their middle page or every page (``frames``).
 from __future__ import annotations
 
 import io
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -63,7 +64,7 @@ class FolderSource:
         from medti.preprocess.records import Reject
 
         items, rejects = [], []
-        for rel in list_files(self.root, self.exclude):
+        for rel in list_files(self.root, self.exclude, rejects):
             if rel.lower().endswith(IMAGE_SUFFIXES):
                 items.append(rel)
             else:
@@ -80,20 +81,26 @@ class FolderSource:
             data = (self.root / relpath).read_bytes()
             subject = subject_key(self.subject_from, relpath)
             try:
-                img = Image.open(io.BytesIO(data))
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                    img = Image.open(io.BytesIO(data))
+                ctx.check_size(img.height, img.width)  # from the header, before decoding
                 pages = getattr(img, "n_frames", 1)
                 indices = [pages // 2] if ctx.frames == "middle" else list(range(pages))
                 units = []
                 for i in indices:
                     img.seek(i)
                     units.append(_page_unit(img, ctx))
+            except Image.DecompressionBombError:
+                raise Rejected("too_large", "more pixels than PIL will decode safely (a decompression bomb?)") from None
             except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
                 raise Rejected("unreadable", f"not a readable image ({type(exc).__name__})") from None
             checksum = sha256_hex(data)
             result = Result()
             for i, unit in zip(indices, units):
                 key = relpath if len(indices) == 1 else f"{relpath}#page{i}"
-                result.records.append(ctx.write(unit, f"folder:{key}", subject, cls, checksum, (relpath,), line))
+                result.records.append(ctx.write(unit, f"folder:{key}", subject, cls, checksum, (relpath,), line,
+                                                part="" if len(indices) == 1 else f"page{i}"))
             return result
         except Rejected as exc:
             raise Rejected(exc.kind, exc.reason, line) from None

@@ -10,11 +10,16 @@ from medti.errors import ConfigError
 from medti.preprocess.records import Rejected
 
 
-def list_files(root: Path, exclude: set[Path] = frozenset()) -> list[str]:
+def list_files(root: Path, exclude: set[Path] = frozenset(), rejects: list | None = None) -> list[str]:
     """Every file under ``root`` (recursive, sorted), as posix paths relative to ``root``.
 
     Hidden files and folders (``.snakemake_timestamp``, ``.DS_Store``, ``.git``) are bookkeeping, not inputs.
+    A file whose path is not valid UTF-8 (a name from another system's encoding) cannot be matched to a labels
+    file nor read by every library: it is left out and, given ``rejects``, listed there (kind ``bad_name``).
     """
+    from medti.deid import is_utf8_name
+    from medti.preprocess.records import Reject
+
     excluded = {p.resolve() for p in exclude}
     excluded_names = {p.name for p in exclude} | {p.name for p in excluded}
     out = []
@@ -26,7 +31,12 @@ def list_files(root: Path, exclude: set[Path] = frozenset()) -> list[str]:
             full = Path(folder) / name
             if name in excluded_names and full.resolve() in excluded:  # resolve (slow) only where it may matter
                 continue
-            out.append(full.relative_to(root).as_posix())
+            rel = full.relative_to(root).as_posix()
+            if not is_utf8_name(rel):
+                if rejects is not None:
+                    rejects.append(Reject(rel, "bad_name", "the file or folder name is not valid UTF-8; rename it"))
+                continue
+            out.append(rel)
     return out
 
 

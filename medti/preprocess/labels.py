@@ -1,8 +1,9 @@
 """Labels: from a CSV keyed by file path or a DICOM identifier, from a DICOM attribute, or from folder names.
 
 A raw label is a class name, a key of ``labels.map`` (raw value -> class name), or a class index (0, 1, ...).
-Values taken from DICOM headers (a UID key, a label attribute) never appear in a message: messages name the
-key's kind and the CSV line instead.
+No value of the labels file nor of a DICOM header (a path key, a UID, a label) and no path of the labels file
+appears in a message: exports name files and folders after patients, and labels files hold those names.
+Messages name the setting, the key's kind and the CSV line instead.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ class Labeler:
         self.tag = spec.get("tag")
         self.key = spec.get("key")
         self.column = spec.get("column") or "label"
+        self.setting = f"{setting}.csv"
         self.csv_path: Path | None = None
         self.csv_name = ""
         self.table: dict[str, tuple[int, str]] = {}
@@ -62,14 +64,15 @@ class Labeler:
     def _load(self) -> None:
         path = self.csv_path
         if not path.is_file():
-            raise ConfigError(f"{path}: labels file not found")
+            raise ConfigError(f"{self.setting}: the labels file is not there (check the path it gives)")
         try:
             with open(path, newline="", encoding="utf-8-sig") as fh:
                 reader = csv.DictReader(fh)
                 fields = reader.fieldnames or []
                 for col in (self.key, self.column):
                     if col not in fields:
-                        raise ConfigError(f"{path}: no column '{col}' (columns: {', '.join(fields) or 'none'})")
+                        raise ConfigError(f"{self.setting}: the labels file has no column '{col}' "
+                                          f"({len(fields)} columns; set labels.key/labels.column to two of them)")
                 for line, row in enumerate(reader, start=2):
                     key = (row.get(self.key) or "").strip()
                     if not key:
@@ -79,18 +82,18 @@ class Labeler:
                     label = (row.get(self.column) or "").strip()
                     seen = self.table.get(key)
                     if seen and seen[1] != label:
-                        shown = f" '{key}'" if self.key in PLAIN_KEYS else ""
-                        raise InputError(f"{path}: lines {seen[0]} and {line} give the same {self.key}{shown} "
-                                         f"different labels")
+                        raise InputError(f"{self.setting}: lines {seen[0]} and {line} of the labels file give the "
+                                         f"same {self.key} different labels")
                     if not seen:
                         self.table[key] = (line, label)
         except UnicodeDecodeError:
-            raise InputError(f"{path}: not a UTF-8 text CSV file") from None
-        except csv.Error as exc:
-            raise InputError(f"{path}: not a readable CSV file ({exc})") from None
+            raise InputError(f"{self.setting}: the labels file is not UTF-8 text") from None
+        except csv.Error:
+            raise InputError(f"{self.setting}: the labels file is not a readable CSV file") from None
 
-    def class_of(self, raw: str, where: str, plain: bool) -> str:
-        """Map a raw label to a class name; ``plain`` says whether ``raw`` may be shown in a message."""
+    def class_of(self, raw: str, where: str, plain: bool = False) -> str:
+        """Map a raw label to a class name; the raw value is never shown in a message (``plain`` is kept for
+        callers)."""
         raw = str(raw).strip()
         if raw in self.map:
             return self.map[raw]
@@ -100,8 +103,7 @@ class Labeler:
             return self.classes[int(raw)]
         if not raw:
             raise Rejected("no_label", f"{where}: the label is empty")
-        shown = f" '{raw}'" if plain else ""
-        raise Rejected("unknown_label", f"{where}: the label{shown} is not a class ({', '.join(self.classes)}), "
+        raise Rejected("unknown_label", f"{where}: the label is not a class ({', '.join(self.classes)}), "
                                         f"a class index or a key of labels.map")
 
     def resolve(self, keys: dict[str, str | None], tag_value: str | None = None,
@@ -110,21 +112,21 @@ class Labeler:
         if self.from_csv:
             value = keys.get(self.key)
             if value is None or str(value).strip() == "":
-                raise Rejected("no_label", f"the image has no {self.key} to look up in {self.csv_name}")
+                raise Rejected("no_label", f"the image has no {self.key} to look up in the labels file")
             hit = self._row(value)
             if hit is None:
-                raise Rejected("no_label", f"no row in {self.csv_name} for this image's {self.key}")
+                raise Rejected("no_label", f"no row in the labels file for this image's {self.key}")
             line, raw = hit
             try:
-                return self.class_of(raw, f"{self.csv_name} line {line}", plain=True), line
+                return self.class_of(raw, f"labels file line {line}"), line
             except Rejected as exc:
                 raise Rejected(exc.kind, exc.reason, line) from None
         if self.tag:
             if tag_value is None or str(tag_value).strip() == "":
                 raise Rejected("no_label", f"the label attribute {self.tag} is absent or empty")
-            return self.class_of(str(tag_value), f"attribute {self.tag}", plain=False), None
+            return self.class_of(str(tag_value), f"attribute {self.tag}"), None
         if folder_label is not None:
-            return self.class_of(folder_label, f"class folder '{folder_label}'", plain=True), None
+            return self.class_of(folder_label, "its top folder (the class folder)"), None
         raise Rejected("no_label", "the image is in no class folder (put it under <class>/ or give labels.csv)")
 
     def _row(self, value) -> tuple[int, str] | None:
@@ -139,11 +141,11 @@ class Labeler:
         return hit[0] if hit else None
 
     def unmatched_rows(self, used_lines: set[int]) -> list[tuple[int, str]]:
-        """CSV rows no image matched: (line, the key when it may be shown, else '')."""
+        """CSV rows no image matched: (line, '') (keys are never shown: a path key names a patient's folder)."""
         out = []
-        for key, (line, _) in self.table.items():
+        for _key, (line, _) in self.table.items():
             if line not in used_lines:
-                out.append((line, key if self.key in PLAIN_KEYS else ""))
+                out.append((line, ""))
         return sorted(out)
 
     def csv_display_path(self, root: Path) -> str:

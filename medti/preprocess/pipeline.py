@@ -3,8 +3,9 @@
 The output folder (written atomically) holds::
 
     manifest.csv                     one row per image (medti.manifest.REAL_COLUMNS)
-    images/<split>/<class>/<id>.png  8-bit, size x size; <id> is a salted hash, never a source name
-    rejects.csv                      path (relative to the input root), kind, reason: every input not used
+    images/<split>/<class>/<id>.png  8-bit, size x size; <id> derives from the source checksum, never a name
+    rejects.csv                      input_id, kind, reason: every input not used, named by its salted input id
+                                     (the private lookup .medti/input-paths.jsonl and --show-paths give the path)
     summary.json                     counts per split and class, rejects per kind, settings
     samples.png                      sample images per class (channels.png: each sequence of a stack)
 
@@ -12,6 +13,11 @@ Inputs stream through a process pool (``workers``): each worker reads one input,
 image's de-identified id into a staging folder and returns metadata only, so pixels are never gathered in
 one process. Splits need every subject, so images are moved to their split folders at the end. What each
 input gave is journaled as it arrives, so a killed run resumes where it stopped (``preprocess.resume``).
+
+No input file or folder name, nor the source root, reaches a written file or a message: inputs are named by
+salted input ids (medti.deid.InputNames). A write that fails for want of space, an I/O error or a read-only
+output is the machine's fault, never an input's: the run stops with one line naming the output folder and
+the cause, keeps the journal and the staged images so that the same command resumes, and exits non-zero.
 """
 
 from __future__ import annotations
@@ -26,13 +32,21 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from medti.config import project_root, stage
-from medti.deid import Deidentifier, load_salt
-from medti.errors import ConfigError, InputError
+from medti.deid import Deidentifier, InputNames, load_salt
+from medti.errors import ConfigError, InputError, ResourceError
 from medti.preprocess.imaging import window_setting
 from medti.preprocess.inputs import check_dicom_keyword
 from medti.preprocess.labels import Labeler
-from medti.preprocess.records import Context, ImageRecord, Reject, Rejected, Result
-from medti.preprocess.resume import PrepareJournal
+from medti.preprocess.records import (
+    Context,
+    ImageRecord,
+    Reject,
+    Rejected,
+    Result,
+    StagingWriteError,
+    is_resource_error,
+)
+from medti.preprocess.resume import PrepareJournal, resume_folder
 from medti.preprocess.splitting import split_mode
 
 if TYPE_CHECKING:
@@ -56,6 +70,8 @@ class PrepareResult:
     images: int
     rejected: int
     summary: dict
+    rejects: list = None  # (input id, kind, reason) as rejects.csv lists them
+    input_paths: dict = None  # input id -> real path: for the terminal (--show-paths), never written here
 
 
 # -- sources -------------------------------------------------------------------------------------------------
@@ -75,7 +91,8 @@ def make_source(cfg: dict, classes: list[str], root: Path) -> Source:
 
         return MedmnistSource(cfg, path, classes)
     if not path.is_dir():
-        raise InputError(f"{path}: source folder not found")
+        raise InputError("source.path: the source folder is not there (check the path params.yaml or --input "
+                         "gives)")
     labels_csv = (cfg.get("labels") or {}).get("csv")
     exclude = {_resolve(labels_csv, root)} if labels_csv else set()
     if kind == "dicom" and cfg.get("series"):
@@ -105,12 +122,43 @@ _SOURCE = None
 _CTX: Context | None = None
 
 
-def _init_worker(source, ctx: Context) -> None:
+def _init_worker(source, ctx: Context, parent: int | None = None) -> None:
     global _SOURCE, _CTX
     from medti.preprocess.dicom import quiet_pydicom
 
     _SOURCE, _CTX = source, ctx
     quiet_pydicom()
+    _quiet_simpleitk()
+    if parent is not None:
+        _die_with(parent)
+
+
+def _quiet_simpleitk() -> None:
+    """ITK's warnings name the file they read (an input path): never let them reach stderr or a log."""
+    import sys
+
+    if "SimpleITK" in sys.modules or getattr(_SOURCE, "kind", "") in ("volume", "dicom-series"):
+        try:
+            import SimpleITK as sitk
+
+            sitk.ProcessObject.SetGlobalWarningDisplay(False)
+        except (ImportError, AttributeError):
+            pass
+
+
+def _die_with(parent: int) -> None:
+    """A pool worker ends when the main process does (Linux): a killed run leaves no orphan that holds the
+    output's locks (inherited through fork) or writes a late staged image."""
+    import ctypes
+    import signal
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent died before the line above
+        os._exit(1)
 
 
 def _call(task):
@@ -126,7 +174,7 @@ def _run(method: str, item):
         if exc.line is None and isinstance(item, str):  # rejected before its label was looked up
             exc.line = _CTX.labeler.line_of({"path": item})
         return exc.rejects(_item_inputs(_SOURCE, item))
-    except MemoryError:
+    except (MemoryError, StagingWriteError):  # the machine's fault, not the input's: stops the run
         raise
     except Exception as exc:  # noqa: BLE001 - a library failing on one odd input must not stop the rest
         reason = f"unexpected {type(exc).__name__} while reading it"
@@ -145,7 +193,7 @@ class Runner:
         if self.workers > 1:
             method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
             self.pool = mp.get_context(method).Pool(self.workers, initializer=_init_worker,
-                                                    initargs=(self.source, self.ctx))
+                                                    initargs=(self.source, self.ctx, os.getpid()))
         return self
 
     def __exit__(self, *exc: object) -> bool:
@@ -233,8 +281,15 @@ def prepare_dataset(params: dict, modality: str, out: str | os.PathLike | None =
                           "a volume source needs labels.csv (with key path or case)")
     salt = load_salt(root)
     deid = Deidentifier(salt)
+    names = InputNames(deid, source.root)
     journal = PrepareJournal(out, _fingerprint(modality, classes, settings, cfg, labeler), salt)
-    journal.open()  # locks the output first: a second run on it stops here, before it sweeps anything
+    try:
+        journal.open()  # locks the output first: a second run on it stops here, before it sweeps anything
+    except OSError as exc:
+        if is_resource_error(exc):
+            journal.keep()
+            raise ResourceError(_resource_message(out, exc, 0)) from None
+        raise
     try:
         sweep_stale_temporaries(out.parent, name=out.name)  # not the siblings that parallel jobs are writing
         with track(params if track_run else None, "prepare", run_name=f"prepare-{modality}",
@@ -243,37 +298,64 @@ def prepare_dataset(params: dict, modality: str, out: str | os.PathLike | None =
                           channels=settings["channels"], normalise=settings["normalise"],
                           percentiles=tuple(settings["percentiles"]),
                           window=window_setting(cfg.get("window")), frames=cfg.get("frames") or "middle",
-                          staging=journal.staging, deid=deid, labeler=labeler)
+                          staging=journal.staging, deid=deid, labeler=labeler,
+                          min_size=int(settings["min_size"]), max_pixels=settings["max_pixels"])
             fail_fast = settings["on_error"] == "fail"
             try:
                 with Runner(source, ctx, int(settings["workers"])) as run:
                     items, rejects = source.plan(run, labeler)
                     if fail_fast and rejects:
-                        _fail(source.root, rejects[0])
-                    records = _process(run, source, items, journal, rejects, fail_fast)
+                        _fail(names, rejects[0])
+                    records = _process(run, source, items, journal, rejects, fail_fast, names)
             finally:
                 journal.close()
-            rejects += _label_rows_without_image(labeler, records, rejects, source.root, fail_fast)
-            records, dupes = _drop_duplicates(records)
+            rejects += _label_rows_without_image(labeler, records, rejects, names, fail_fast)
+            records, dupes = _drop_duplicates(records, names)
             rejects += dupes
             if not records:
-                raise InputError(_empty_message(source.root, len(items), rejects))
-            _check_every_class(source.root, records, classes)
+                raise InputError(_empty_message(len(items), rejects, names))
+            _check_every_class(records, classes)
             summary = _finish(tmp, journal.staging, records, rejects, classes, settings, params.get("seed", 0),
-                              modality, cfg, source)
+                              modality, cfg, source, names)
             _log_summary(modality, summary)
             tracker.log_params({"modality": modality, "source_type": cfg["type"], **{
                 k: settings[k]
-                for k in ("size", "fit", "channels", "normalise", "split", "ti_per_class", "on_error", "workers")}})
+                for k in ("size", "fit", "channels", "normalise", "split", "ti_per_class", "on_error", "workers",
+                          "min_size", "max_pixels")}})
             tracker.log_metrics({"images": summary["images_total"], "subjects": summary["subjects_total"],
                                  "rejected": summary["rejected"]})
             tracker.log_artifact(tmp / "summary.json")
             tracker.log_artifact(tmp / "samples.png")
-    except BaseException:
-        journal.keep()  # what was done so far serves the rerun (after the input or setting is fixed)
+    except BaseException as exc:
+        kept = journal.keep()  # what was done so far serves the rerun (after the input or setting is fixed)
+        _save_lookup(names, root)
+        if is_resource_error(exc):
+            raise ResourceError(_resource_message(out, exc, kept)) from None
         raise
     journal.remove()  # the output is in place
-    return PrepareResult(out, summary["images_total"], summary["rejected"], summary)
+    _save_lookup(names, root)
+    listed = sorted(rejects, key=lambda r: (r.path, r.kind))
+    return PrepareResult(out, summary["images_total"], summary["rejected"], summary,
+                         [(names.id(r.path), r.kind, r.reason) for r in listed], dict(names.paths))
+
+
+def _resource_message(out: Path, exc: OSError, kept: int) -> str:
+    """One line: the folder, the cause, what is kept (as counted on disk) and what to do."""
+    import errno as errnos
+
+    code = errnos.errorcode.get(exc.errno, str(exc.errno))
+    cause = f"{exc.strerror or 'write failed'} ({code})"
+    kept_text = (f"{kept} inputs done so far are kept in {resume_folder(out)}, and the same command resumes from "
+                 f"them" if kept else "nothing could be kept for a rerun")
+    return f"{out.parent}: cannot write the output of prepare: {cause}; {kept_text}. Nothing was rejected for it"
+
+
+def _save_lookup(names: InputNames, root: Path) -> None:
+    """The private id -> path lookup beside the salt; a failure to write it only costs the lookup."""
+    try:
+        names.save(root)
+    except OSError as exc:
+        log.warning("prepare: could not add to the private input lookup beside the salt (%s)", exc.strerror)
 
 
 def _fingerprint(modality: str, classes: list[str], settings: dict, cfg: dict, labeler: Labeler) -> dict:
@@ -281,13 +363,13 @@ def _fingerprint(modality: str, classes: list[str], settings: dict, cfg: dict, l
     from medti import __version__
     from medti.preprocess.resume import file_checksum
 
-    shaping = ("size", "fit", "channels", "normalise", "percentiles")
+    shaping = ("size", "fit", "channels", "normalise", "percentiles", "min_size", "max_pixels")
     return {"medti": __version__, "modality": modality, "classes": classes, "source": cfg,
             "settings": {k: settings[k] for k in shaping}, "labels_csv": file_checksum(labeler.csv_path)}
 
 
 def _process(run: Runner, source, items: list, journal: PrepareJournal, rejects: list[Reject],
-             fail_fast: bool) -> list[ImageRecord]:
+             fail_fast: bool, names: InputNames) -> list[ImageRecord]:
     """Every item's records (rejects appended to ``rejects``): replayed from the journal of an interrupted run
     where its files are unchanged, processed (and journaled) otherwise."""
     records: list[ImageRecord] = []
@@ -296,7 +378,7 @@ def _process(run: Runner, source, items: list, journal: PrepareJournal, rejects:
         for out_item in outs:
             if isinstance(out_item, Reject):
                 if fail_fast:
-                    _fail(source.root, out_item)
+                    _fail(names, out_item)
                 rejects.append(out_item)
             else:
                 records.append(out_item)
@@ -305,10 +387,10 @@ def _process(run: Runner, source, items: list, journal: PrepareJournal, rejects:
     todo, todo_keys = [], []
     for item in items:
         key, stamp = journal.item_key(item), journal.stamp(source.root, stamped(item))
-        done = journal.replay(key, stamp)
+        done = journal.replay(key, stamp, _item_inputs(source, item))
         if done is None:
             todo.append(item)
-            todo_keys.append((key, stamp))
+            todo_keys.append((key, stamp, _item_inputs(source, item)))
         else:
             take([*done[1], *done[0]])
     if len(todo) < len(items):
@@ -317,47 +399,52 @@ def _process(run: Runner, source, items: list, journal: PrepareJournal, rejects:
     for index, outs in run.per_item("process", todo, done=len(items) - len(todo)):
         rejects_of_item = [o for o in outs if isinstance(o, Reject)]
         if not any(r.kind == "error" for r in rejects_of_item):  # an unexpected error may pass: read it again
-            journal.add(*todo_keys[index], [o for o in outs if isinstance(o, ImageRecord)], rejects_of_item)
+            key, stamp, inputs = todo_keys[index]
+            journal.add(key, stamp, [o for o in outs if isinstance(o, ImageRecord)], rejects_of_item, inputs)
         take(outs)
     return records
 
 
-def _fail(root: Path, reject: Reject):
-    raise InputError(f"{root / reject.path}: {reject.reason} (prepare.on_error is fail)")
+def _fail(names: InputNames, reject: Reject):
+    input_id = names.id(reject.path)
+    error = InputError(f"source input {input_id}: {reject.reason} (prepare.on_error is fail; the private lookup "
+                       f"beside the salt or medti prepare --show-paths gives its path)")
+    error.input_paths = {input_id: names.paths[input_id]}  # for --show-paths (the terminal only)
+    raise error
 
 
-def _empty_message(root: Path, n_items: int, rejects: list[Reject]) -> str:
+def _empty_message(n_items: int, rejects: list[Reject], names: InputNames) -> str:
     kinds = Counter(r.kind for r in rejects)
-    first = f"; e.g. {rejects[0].path}: {rejects[0].reason}" if rejects else ""
+    first = f"; e.g. input {names.id(rejects[0].path)}: {rejects[0].reason}" if rejects else ""
     detail = ", ".join(f"{k} {n}" for k, n in kinds.most_common())
-    return f"{root}: no usable images ({n_items} inputs; rejected: {detail or 'none'}{first})"
+    return f"source.path: no usable images ({n_items} inputs; rejected: {detail or 'none'}{first})"
 
 
-def _check_every_class(root: Path, records: list[ImageRecord], classes: list[str]) -> None:
+def _check_every_class(records: list[ImageRecord], classes: list[str]) -> None:
     counts = Counter(r.cls for r in records)
     empty = [c for c in classes if not counts[c]]
     if empty:
         found = ", ".join(f"{c} {counts[c]}" for c in classes)
-        raise InputError(f"{root}: no usable images of class {', '.join(repr(c) for c in empty)} ({found}); "
+        raise InputError(f"source.path: no usable images of class {', '.join(repr(c) for c in empty)} ({found}); "
                          f"every class needs images (check the labels and rejects)")
 
 
-def _label_rows_without_image(labeler: Labeler, records, rejects, root: Path, fail_fast: bool) -> list[Reject]:
+def _label_rows_without_image(labeler: Labeler, records, rejects, names: InputNames,
+                              fail_fast: bool) -> list[Reject]:
     if not labeler.from_csv:
         return []
     used = {r.line for r in records if r.line is not None} | {r.line for r in rejects if r.line is not None}
-    name = labeler.csv_display_path(root)
     out = []
-    for line, key in labeler.unmatched_rows(used):
-        shown = f" ('{key}')" if key else ""
-        reject = Reject(f"{name}:{line}", "label_without_image", f"line {line}{shown}: no image has this {labeler.key}")
+    for line, _ in labeler.unmatched_rows(used):
+        reject = Reject(f"{labeler.csv_path}#line{line}", "label_without_image",
+                        f"labels file line {line}: no image has this {labeler.key}")
         if fail_fast:
-            raise InputError(f"{labeler.csv_path}: {reject.reason} (prepare.on_error is fail)")
+            raise InputError(f"{labeler.setting}: {reject.reason} (prepare.on_error is fail)")
         out.append(reject)
     return out
 
 
-def _drop_duplicates(records: list[ImageRecord]) -> tuple[list[ImageRecord], list[Reject]]:
+def _drop_duplicates(records: list[ImageRecord], names: InputNames) -> tuple[list[ImageRecord], list[Reject]]:
     """Inputs with the same bytes as an earlier one (by path) are copies: kept once, the rest listed."""
     by_checksum: dict[str, list[ImageRecord]] = defaultdict(list)
     for r in records:
@@ -369,12 +456,16 @@ def _drop_duplicates(records: list[ImageRecord]) -> tuple[list[ImageRecord], lis
             if r.inputs == first_inputs:
                 keep.append(r)
             else:
-                rejects += [Reject(p, "duplicate", f"the same content as {first_inputs[0]}") for p in r.inputs]
+                rejects += [Reject(p, "duplicate", f"the same content as input {names.id(first_inputs[0])}")
+                            for p in r.inputs]
     return keep, rejects
 
 
 def _finish(tmp: Path, staging: Path, records, rejects, classes, settings, seed: int, modality: str, cfg: dict,
-            source) -> dict:
+            source, names: InputNames) -> dict:
+    """Split, pick the embedding subset, move the staged images into ``tmp`` and write the tables. Splits and
+    subsets follow the seed and salt-free keys (the records' ``order``), so every clone gets the same ones
+    whatever its salt. On a failure the moved images go back to staging, so that a rerun can replay them."""
     import pandas as pd
 
     from medti.manifest import REAL_COLUMNS, SPLITS, write_manifest
@@ -384,11 +475,12 @@ def _finish(tmp: Path, staging: Path, records, rejects, classes, settings, seed:
     by_subject: dict[str, list[ImageRecord]] = defaultdict(list)
     for r in records:
         by_subject[r.subject_id].append(r)
+    order = {s: min(r.order or r.image_id for r in rs) for s, rs in by_subject.items()}
     if official:
         split_of = None
     else:
         split_of = assign_splits({s: subject_class([r.cls for r in rs], classes) for s, rs in by_subject.items()},
-                                 classes, settings["split"], seed, modality)
+                                 classes, settings["split"], seed, modality, order=order)
     rows, unused = [], []
     for r in sorted(records, key=lambda r: r.image_id):
         split = r.split if official else split_of[r.subject_id]
@@ -399,34 +491,43 @@ def _finish(tmp: Path, staging: Path, records, rejects, classes, settings, seed:
     ti_ids = set()
     for index, cls in enumerate(classes):
         train = [(r.subject_id, r.image_id) for r, split in rows if split == "train" and r.cls == cls]
-        ti_ids.update(pick_subset(train, int(settings["ti_per_class"]), seed + 7919 * (index + 1)))
+        ti_ids.update(pick_subset(train, int(settings["ti_per_class"]), seed + 7919 * (index + 1), order=order))
     for r in unused:
         rejects += [Reject(p, "unused", f"left out: prepare.split takes fewer subjects of class '{r.cls}' "
                                         "than there are")
                     for p in r.inputs]
-        (staging / r.staged).unlink()
-    table = []
-    for split, cls in {(split, r.cls) for r, split in rows}:
-        (tmp / "images" / split / cls).mkdir(parents=True)
-    for r, split in rows:
-        rel = Path("images") / split / r.cls / f"{r.image_id}.png"
-        os.replace(staging / r.staged, tmp / rel)
-        table.append({"path": rel.as_posix(), "modality": modality, "class": r.cls, "label": classes.index(r.cls),
-                      "subject_id": r.subject_id, "split": split, "source_checksum": r.source_checksum,
-                      "synthetic": False, "ti_subset": r.image_id in ti_ids})
-    manifest = pd.DataFrame(table, columns=REAL_COLUMNS)
-    write_manifest(manifest, tmp / "manifest.csv")
-    reject_table = pd.DataFrame([(r.path, r.kind, r.reason) for r in rejects], columns=["path", "kind", "reason"])
-    reject_table = reject_table.sort_values(["path", "kind"], kind="stable")
-    from medti.atomic import atomic_path
+    table, moved = [], []
+    try:
+        for split, cls in {(split, r.cls) for r, split in rows}:
+            (tmp / "images" / split / cls).mkdir(parents=True)
+        for r, split in rows:
+            rel = Path("images") / split / r.cls / f"{r.image_id}.png"
+            os.replace(staging / r.staged, tmp / rel)
+            moved.append((staging / r.staged, tmp / rel))
+            table.append({"path": rel.as_posix(), "modality": modality, "class": r.cls,
+                          "label": classes.index(r.cls), "subject_id": r.subject_id, "split": split,
+                          "source_checksum": r.source_checksum, "synthetic": False, "ti_subset": r.image_id in ti_ids})
+        manifest = pd.DataFrame(table, columns=REAL_COLUMNS)
+        write_manifest(manifest, tmp / "manifest.csv")
+        listed = sorted(rejects, key=lambda r: (r.path, r.kind))  # in memory: the paths are not written
+        reject_table = pd.DataFrame([(names.id(r.path), r.kind, r.reason) for r in listed],
+                                    columns=["input_id", "kind", "reason"])
+        from medti.atomic import atomic_path, write_json
 
-    with atomic_path(tmp / "rejects.csv") as t:
-        reject_table.to_csv(t, index=False, lineterminator="\n")
-    summary = _summary(manifest, rejects, classes, settings, modality, cfg, official, SPLITS)
-    from medti.atomic import write_json
-
-    write_json(tmp / "summary.json", summary)
-    _samples(tmp, manifest, classes, modality, getattr(source, "channel_names", []))
+        with atomic_path(tmp / "rejects.csv") as t:
+            reject_table.to_csv(t, index=False, lineterminator="\n")
+        summary = _summary(manifest, rejects, classes, settings, modality, cfg, official, SPLITS)
+        write_json(tmp / "summary.json", summary)
+        _samples(tmp, manifest, classes, modality, getattr(source, "channel_names", []))
+    except BaseException:
+        for back, there in moved:  # same file system: a rename needs no space
+            try:
+                os.replace(there, back)
+            except OSError:
+                pass
+        raise
+    for r in unused:
+        (staging / r.staged).unlink(missing_ok=True)
     return summary
 
 
@@ -452,7 +553,7 @@ def _summary(manifest, rejects, classes, settings, modality, cfg, official, spli
         "rejected": len(rejects),
         "rejected_by_kind": dict(sorted(Counter(r.kind for r in rejects).items())),
         "settings": {k: settings[k] for k in ("size", "fit", "channels", "normalise", "percentiles", "split",
-                                              "ti_per_class", "on_error")},
+                                              "ti_per_class", "on_error", "min_size", "max_pixels")},
     }
 
 

@@ -1,12 +1,14 @@
 """What a worker returns per input: image records (metadata only; pixels go straight to a PNG) or rejects.
 
 Workers never return pixels or header values to the main process: an image is written as a staged PNG
-under its de-identified id, and its record carries that id, the salted subject id, the class, the source
-checksum and the input paths (relative to the input root) it came from.
+under its de-identified id, and its record carries its output id, the salted subject id, the class, the source
+checksum and the input paths (relative to the input root) it came from. Input paths stay in memory: what is
+written names inputs by salted input ids only (medti.deid.InputNames).
 """
 
 from __future__ import annotations
 
+import errno
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,6 +16,19 @@ import numpy as np
 
 from medti.deid import Deidentifier, redact_path
 from medti.hashing import sha256_hex
+
+# Errors of the machine, not of an input: a write that fails with one of these stops the run (never a reject).
+RESOURCE_ERRNOS = frozenset(e for e in (errno.ENOSPC, getattr(errno, "EDQUOT", None), errno.EIO, errno.EROFS,
+                                        errno.EFBIG, errno.ENOMEM) if e is not None)
+
+
+class StagingWriteError(OSError):
+    """A staged image could not be written (disk full, I/O error, read-only): raised through the worker pool
+    to stop the run; an OSError subclass, so that it pickles as one."""
+
+
+def is_resource_error(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in RESOURCE_ERRNOS
 
 
 class Rejected(Exception):
@@ -32,14 +47,15 @@ class Rejected(Exception):
         self.identifiers = identifiers
 
     def rejects(self, paths) -> list[Reject]:
-        """One Reject per input path, identifying header values redacted from the paths."""
+        """One Reject per input path, identifying header values redacted from the reason."""
         reason = redact_path(self.reason, self.identifiers)
-        return [Reject(redact_path(p, self.identifiers), self.kind, reason, self.line) for p in paths]
+        return [Reject(p, self.kind, reason, self.line) for p in paths]
 
 
 @dataclass(frozen=True, slots=True)
 class Reject:
-    path: str            # relative to the input root (or the labels file, or '<file>#<split>/<index>')
+    path: str            # relative to the input root (or the labels file, or '<file>#<split>/<index>'); in memory
+                         # only: written as its salted input id
     kind: str
     reason: str
     line: int | None = None  # the labels CSV line the input matched, if any (not written out)
@@ -51,10 +67,11 @@ class ImageRecord:
     subject_id: str
     cls: str
     source_checksum: str
-    inputs: tuple[str, ...]  # as rejects.csv would list them (identifying header values redacted)
+    inputs: tuple[str, ...]  # relative to the input root; in memory only (the journal holds their positions)
     staged: str          # file name under the staging folder
     line: int | None = None
     split: str | None = None  # an official split the source brings (MedMNIST), else None
+    order: str = ""      # salt-free key (sha256 of the source checksum and the frame): orders splits and subsets
 
 
 @dataclass
@@ -78,19 +95,38 @@ class Context:
     staging: Path
     deid: Deidentifier
     labeler: object
+    min_size: int = 1            # prepare.min_size: an image with a shorter side is rejected (too_small)
+    max_pixels: int | None = None  # prepare.max_pixels: a larger image is rejected (too_large), before decoding
+                                   # where the header tells its size
+
+    def check_size(self, height: int, width: int, frames: int = 1) -> None:
+        """Reject an image of ``height x width`` (per frame) outside prepare.min_size / max_pixels."""
+        if self.max_pixels is not None and int(height) * int(width) > self.max_pixels:
+            raise Rejected("too_large", f"{int(width)} x {int(height)} pixels, more than prepare.max_pixels "
+                                        f"({self.max_pixels})")
+        if min(int(height), int(width)) < self.min_size:
+            raise Rejected("too_small", f"{int(width)} x {int(height)} pixels, a side shorter than "
+                                        f"prepare.min_size ({self.min_size})")
 
     def write(self, unit: np.ndarray, image_key: str, subject_key: str, cls: str, checksum: str,
               inputs: tuple[str, ...], line: int | None = None, split: str | None = None,
-              identifiers: tuple[str, ...] = ()) -> ImageRecord:
-        """Finish a [0, 1] image, write it as a staged PNG under its de-identified id, return its record
-        (``identifiers``: the source's identifying header values, never to be shown in its input paths)."""
+              identifiers: tuple[str, ...] = (), part: str = "") -> ImageRecord:
+        """Finish a [0, 1] image, write it as a staged PNG, return its record. ``part`` names the image within
+        its input (a frame, a page); the output id derives from the checksum and ``part``, so that it does not
+        depend on the salt. ``identifiers`` is kept for callers (reasons are redacted against them)."""
         from medti.preprocess.imaging import finish, save_png
 
-        image_id = self.deid.image(image_key)
-        staged = f"{image_id}.png"
-        save_png(finish(unit, self.size, self.fit, self.channels), self.staging / staged)
-        listed = tuple(redact_path(p, identifiers) for p in inputs)
-        return ImageRecord(image_id, self.deid.subject(subject_key), cls, checksum, listed, staged, line, split)
+        self.check_size(*unit.shape[:2])
+        order = sha256_hex(f"{checksum}\0{part}")
+        staged = f"{self.deid.image(image_key)}.png"
+        try:
+            save_png(finish(unit, self.size, self.fit, self.channels), self.staging / staged)
+        except OSError as exc:
+            if is_resource_error(exc):
+                raise StagingWriteError(exc.errno, exc.strerror, str(self.staging)) from None
+            raise
+        return ImageRecord(order[:16], self.deid.subject(subject_key), cls, checksum, tuple(inputs), staged, line,
+                           split, order)
 
 
 def combined_checksum(checksums) -> str:

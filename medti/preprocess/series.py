@@ -91,8 +91,8 @@ class DicomSeriesSource:
                 int(number) if number not in (None, "") else 0, dicom.identifying_values(ds))
 
     def plan(self, run_parallel, labeler) -> tuple[list, list]:
-        files = list_files(self.root, self.exclude)
         rejects: list[Reject] = []
+        files = list_files(self.root, self.exclude, rejects)
         studies: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
         for out in run_parallel("scan", files, desc="reading headers"):
             if isinstance(out, Reject):
@@ -160,10 +160,10 @@ class DicomSeriesSource:
             ds = dicom.parse(data)
             dicom.check_pixels(ds)
             if int(ds.get("SamplesPerPixel", 1) or 1) != 1:
-                raise Rejected("bad_channels", f"{relpath}: a colour image inside a series; expected grey slices")
+                raise Rejected("bad_channels", "a colour image inside a series; expected grey slices")
             n = dicom.frame_count(ds)
             if n > 1 and len(files) > 1:
-                raise Rejected("bad_series", f"{relpath}: a multi-frame file inside a multi-file series")
+                raise Rejected("bad_series", "a multi-frame file inside a multi-file series")
             for f in range(n):
                 arr = dicom.decode(ds, index=f if n > 1 else None)
                 position, orientation, spacing, thickness = _geometry(ds, f if n > 1 else None)

@@ -4,7 +4,8 @@ All images of a subject land in one split. Subjects are stratified by their clas
 their images; on a tie the later class in the modality's order, i.e. the disease). ``prepare.split`` gives
 either fractions of each class's subjects (floats, summing to at most 1) or subject counts per class
 (integers); subjects beyond the counts are left out and listed as such. Everything is a function of the
-seed and the (salted) subject ids, so a re-run gives the same splits.
+seed and a salt-free order of the subjects (``order``: prepare uses the least checksum of each subject's
+source files), so a rerun, and a clone with another salt, gives the same splits.
 """
 
 from __future__ import annotations
@@ -63,15 +64,17 @@ def _counts(n: int, split: dict, mode: str, cls: str, modality: str) -> dict[str
 
 
 def assign_splits(subject_classes: dict[str, str], classes: list[str], split: dict, seed: int,
-                  modality: str = "data") -> dict[str, str | None]:
-    """Subject id -> 'train' | 'val' | 'test' | None (left out by subject counts)."""
+                  modality: str = "data", order: dict[str, str] | None = None) -> dict[str, str | None]:
+    """Subject id -> 'train' | 'val' | 'test' | None (left out by subject counts). ``order``: a salt-free key
+    per subject id that fixes the order the seed permutes (default: the ids themselves)."""
     mode = split_mode(split)
+    keys = dict(order or {})
     by_class: dict[str, list[str]] = defaultdict(list)
     for subject, cls in subject_classes.items():
         by_class[cls].append(subject)
     out: dict[str, str | None] = {}
     for index, cls in enumerate(classes):
-        subjects = sorted(by_class.get(cls, []))
+        subjects = sorted(by_class.get(cls, []), key=lambda s: (keys.get(s, s), s))
         if not subjects:
             raise ConfigError(f"{modality}: class '{cls}' has no images, so it cannot be split")
         order = np.random.default_rng([seed, index]).permutation(len(subjects))
@@ -86,14 +89,14 @@ def assign_splits(subject_classes: dict[str, str], classes: list[str], split: di
     return out
 
 
-def pick_subset(images: list[tuple[str, str]], n: int, seed: int) -> list[str]:
+def pick_subset(images: list[tuple[str, str]], n: int, seed: int, order: dict[str, str] | None = None) -> list[str]:
     """``n`` image ids from (subject id, image id) pairs, spread over as many subjects as possible: subjects
-    in a seeded order, taking one image from each in turn."""
+    in a seeded order (of ``order``'s salt-free keys where given), taking one image from each in turn."""
     per_subject: dict[str, list[str]] = defaultdict(list)
     for subject, image in images:
         per_subject[subject].append(image)
     rng = np.random.default_rng(seed)
-    subjects = sorted(per_subject)
+    subjects = sorted(per_subject, key=lambda s: ((order or {}).get(s, s), s))
     subjects = [subjects[i] for i in rng.permutation(len(subjects))]
     queues = [[ids[i] for i in rng.permutation(len(ids))] for ids in (sorted(per_subject[s]) for s in subjects)]
     picked: list[str] = []

@@ -38,9 +38,20 @@ def volume_suffix(name: str) -> str | None:
     return next((s for s in VOLUME_SUFFIXES if low.endswith(s)), None)
 
 
-def read_volume(path: Path) -> sitk.Image:  # noqa: F821 - SimpleITK is imported where used
-    """A 3D scalar SimpleITK image from a file (2D images become one slice); raises Rejected."""
+def read_volume(path: Path, ctx: Context | None = None) -> sitk.Image:  # noqa: F821 - imported where used
+    """A 3D scalar SimpleITK image from a file (2D images become one slice); raises Rejected. With ``ctx``,
+    a slice outside prepare.min_size/max_pixels is rejected from the header, before the voxels are read."""
     sitk = _sitk()
+    if ctx is not None:
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(path))
+        try:
+            reader.ReadImageInformation()
+            size = reader.GetSize()
+        except RuntimeError:
+            size = ()
+        if len(size) >= 2:
+            ctx.check_size(size[1], size[0])
     try:
         img = sitk.ReadImage(str(path))
     except RuntimeError:
@@ -210,10 +221,11 @@ class VolumeSource:
     def plan(self, run_parallel, labeler) -> tuple[list, list]:
         from medti.preprocess.records import Reject
 
-        files = list_files(self.root, self.exclude)
+        rejects: list = []
+        files = list_files(self.root, self.exclude, rejects)
         present = set(files)
         used: set[str] = set()
-        items, rejects = [], []
+        items = []
         if self.patterns:
             first = _pattern_regex(self.patterns[0])
             matches = [(rel, first.match(rel if "/" in self.patterns[0] else Path(rel).name)) for rel in files]
@@ -276,8 +288,8 @@ class VolumeSource:
         inputs = tuple(self.inputs(item))
         try:
             subject = subject_key(self.subject_from, paths[0], case=case)
-            images = [read_volume(self.root / p) for p in paths]
-            mask_img = read_volume(self.root / mask) if mask else None
+            images = [read_volume(self.root / p, ctx) for p in paths]
+            mask_img = read_volume(self.root / mask, ctx) if mask else None
             unit = stacked_unit(images, mask_img, self.slice, ctx.normalise, ctx.percentiles,
                                 self.channel_names or None)
             checksum = combined_checksum(file_sha256(self.root / p) for p in inputs)

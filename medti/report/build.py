@@ -37,6 +37,13 @@ RANDOM_BANNER = ("The base model '{}' has random weights: its synthetic images, 
                  "stabilityai/stable-diffusion-2-base) for real results.")
 
 
+TOY_BANNER = ("The base model 'toy' is medti's miniature world: a small Stable Diffusion model pre-trained on phantom "
+              "images captioned in plain visual words (a bright spot, dark dots), never told a class. The "
+              "embeddings found the classes in it, as Textual Inversion finds a disease in Stable Diffusion. It "
+              "exists to see and test the method; its numbers are not medical results. With a real checkpoint "
+              "and real data the same pipeline produces real ones.")
+
+
 def is_random_model(name: str | None) -> bool:
     """A base model with random weights (``tiny``, ``random:...``): its numbers mean nothing medically."""
     return bool(name) and (name == "tiny" or name.startswith("random:"))
@@ -126,6 +133,8 @@ def build_document(inputs: list[ModalityInputs], params: dict | None, params_tex
     random_model = random_base_model(params, inputs)
     if random_model:
         doc.warning(RANDOM_BANNER.format(random_model))
+    elif model == "toy":
+        doc.warning(TOY_BANNER)
     doc.add(("nav", [("Test AUC", "auc")] + [(m.name, f"m-{m.name}") for m in inputs] + [("Parameters", "params")]))
     doc.heading(2, "Test AUC per modality and condition", "auc")
     auc_overview(doc, inputs, params)

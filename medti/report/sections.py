@@ -87,22 +87,38 @@ def auc_section(doc: Document, m: ModalityInputs, params: dict | None) -> None:
     level = int(round(100 * s["confidence"]))
     binary = len(d["classes"]) == 2
     rows = []
+
+    def interval(lo, hi, signed=False) -> str:  # None: one seed, no seed variance to include
+        if lo is None or hi is None:
+            return "–"
+        return f"[{lo:+.3f}, {hi:+.3f}]" if signed else f"{fmt(lo)}–{fmt(hi)}"
+
     for c, r in d["conditions"].items():
         comp = r.get("comparison")
         rows.append([
             c, f"{fmt_count(r.get('n_real', []))} + {fmt_count(r.get('n_synthetic', []))}", str(r["n_seeds"]),
             f"{fmt(r['auc_mean'])} ± {fmt(r['auc_std'])}", f"{fmt(r['ci_low'])}–{fmt(r['ci_high'])}",
+            interval(r.get("two_level_ci_low"), r.get("two_level_ci_high")),
             ", ".join(fmt(a) for a in r["aucs"]),
             f"{comp['difference']:+.3f} [{comp['ci_low']:+.3f}, {comp['ci_high']:+.3f}]" if comp else "(reference)",
             fmt_p(comp["p_bootstrap"]) if comp else "–", fmt_p(comp["p_delong"]) if comp else "–",
+            interval(comp.get("two_level_ci_low"), comp.get("two_level_ci_high"), signed=True) if comp else "–",
+            fmt_p(comp["p_two_level"]) if comp and comp.get("p_two_level") is not None else "–",
+            fmt_p(comp["p_seed_welch"]) if comp and comp.get("p_seed_welch") is not None else "–",
         ])
     n_test = ", ".join(f"{c}: {n}" for c, n in d["n_test"].items())
-    doc.add(Table(["Condition", "Training images (real + synthetic)", "Seeds", "AUC (mean ± sd)", f"{level}% CI",
-                   "AUC per seed", f"Δ AUC vs {ref} [{level}% CI]", "p (paired bootstrap)", "p (DeLong)"], rows,
-                  caption=f"Test split: {n_test} images. CI: {s['bootstrap']} bootstrap resamples of the test set "
-                          f"(stratified by class) of the seeds' mean AUC. Δ: difference of mean AUCs, on the same "
-                          f"resamples (paired); DeLong's test of the same contrast"
-                          f"{'' if len(d['classes']) == 2 else ' (binary tasks only)'}. AUC: "
+    doc.add(Table(["Condition", "Training images (real + synthetic)", "Seeds", "AUC (mean ± sd)",
+                   f"{level}% CI (cases)", f"{level}% CI (seeds + cases)", "AUC per seed",
+                   f"Δ AUC vs {ref} [{level}% CI, cases]", "p (paired bootstrap)", "p (DeLong)",
+                   f"Δ {level}% CI (seeds + cases)", "p (two-level bootstrap, seeds + cases)",
+                   "p (Welch, seed AUCs)"], rows,
+                  caption=f"Test split: {n_test} images. Case level (the trained networks held fixed): CI from "
+                          f"{s['bootstrap']} bootstrap resamples of the test set (stratified by class) of the seeds' "
+                          f"mean AUC; Δ: difference of mean AUCs, on the same resamples (paired); DeLong's test of "
+                          f"the same contrast{'' if len(d['classes']) == 2 else ' (binary tasks only)'}. With the "
+                          f"seed variance (what the ± shows): the two-level bootstrap draws each condition's seeds "
+                          f"with replacement, then the test cases; Welch's t-test takes each seed's AUC as one "
+                          f"observation (both need two seeds or more; with few seeds they are coarse). AUC: "
                           f"{'positive class ' + repr(d['classes'][1]) if binary else 'one-vs-rest macro average'}."))
 
 
@@ -117,9 +133,13 @@ def quality_section(doc: Document, m: ModalityInputs) -> None:
         if "skipped" in r:
             rows.append([label, "(skipped)", "–", "–", "–"])
             continue
-        pairs = [("synthetic vs real training", r.get("synthetic_vs_real_train")),
-                 ("real test vs real training (yardstick)", r.get("real_test_vs_real_train"))]
-        pairs += [(f"synthetic vs real training, class {c}", v) for c, v in (r.get("per_class") or {}).items()]
+        ref = {"ti": "the embeddings' training images", "train": "real training"}.get(r.get("reference"),
+                                                                                         "real training")
+        pairs = [(f"synthetic vs {ref}", r.get("synthetic_vs_real_train")),
+                 (f"real test vs {ref} (yardstick)", r.get("real_test_vs_real_train"))]
+        for c, v in (r.get("per_class") or {}).items():
+            pairs += [(f"synthetic vs {ref}, class {c}", v),
+                      (f"real test vs {ref}, class {c} (yardstick)", (r.get("per_class_real_test") or {}).get(c))]
         for what, v in pairs:
             if v:
                 rows.append([label, what, fmt(v["fd"], 2), f"{fmt(v['kid'], 4)} ± {fmt(v['kid_std'], 4)}",
@@ -128,7 +148,9 @@ def quality_section(doc: Document, m: ModalityInputs) -> None:
     doc.add(Table(["Feature space", "Sets", "FD", "KID (mean ± sd)", "Images"], rows,
                   caption=f"Fréchet (FD) and kernel (KID) distances; lower is closer. The classifier's features "
                           f"({fc.get('arch')}, condition '{fc.get('condition')}', seed {fc.get('seed')}) need no "
-                          f"download but are not comparable with published FIDs: compare with the yardstick row."))
+                          f"download but are not comparable with published FIDs: compare with the yardstick row, "
+                          f"measured on as many images. Inception sees the images at their prepared size. KID "
+                          f"subsets hold at most half the smaller set."))
     skipped = (q.get("inception") or {}).get("skipped")
     if skipped:
         doc.para(skipped)
@@ -141,12 +163,17 @@ def memorisation_section(doc: Document, m: ModalityInputs, figures: Path) -> Non
         return
     thr = a["threshold"]
     o = a["overall"]
+    lvl = a.get("level")
+    flagged = (f"{o['flagged']} are flagged at level {lvl:g}: above the upper {lvl:g} quantile of the real test "
+               f"images' own r to their nearest training image (the null; with no copying about "
+               f"{o.get('expected_flags', 0):.1f} flags are expected by chance)" if "flagged" in o
+               else f"{o.get('closer_than_real_test', 0)} are closer to a training image than any real test image of "
+                    f"their class is")
     doc.para(f"Every synthetic image was compared with every real training image: by pixel correlation r (grey "
              f"{m.details['settings']['memorisation_size']} px) and by the cosine similarity of the real-only "
              f"classifier's features. {o['near_copies']} of {o['n']} synthetic images are near-copies (r ≥ {thr:.2f}); "
-             f"{o['closer_than_real_test']} are closer to a training image than any real test image of their class "
-             f"is. A synthetic image no closer to the training set than unseen real images are gives no sign of "
-             f"memorisation.")
+             f"{flagged}. A synthetic image no closer to the training set than unseen real images are gives no sign "
+             f"of memorisation.")
     rows = []
     embeddings = m.details.get("embeddings") or {}
     for c, s in a["per_class"].items():
@@ -154,12 +181,14 @@ def memorisation_section(doc: Document, m: ModalityInputs, figures: Path) -> Non
         if not s.get("n"):
             rows.append([c, token, "0", "–", "–", "–", "–", "–", "–"])
             continue
-        rows.append([c, token, str(s["n"]), str(s["near_copies"]), str(s["closer_than_real_test"]),
+        flag = (f"{s['flagged']} (r > {fmt(s.get('flag_threshold'))}, {s.get('null')} null)" if "flagged" in s
+                else str(s.get("closer_than_real_test")))
+        rows.append([c, token, str(s["n"]), str(s["near_copies"]), flag,
                      f"{fmt(s['pixel_similarity_median'])} [{fmt(s['pixel_similarity_max'])}]",
                      f"{fmt(s['real_test_pixel_similarity_median'])} [{fmt(s['real_test_pixel_similarity_max'])}]",
                      fmt(s["feature_similarity_median"]), f"{100 * s['nearest_is_embedding_training_image']:.0f}%"])
     doc.add(Table(["Class", "Embedding", "Synthetic images", f"Near-copies (r ≥ {thr:.2f})",
-                   "Closer than any real test image", "r to nearest training: median [max]",
+                   "Flagged (calibrated threshold)", "r to nearest training: median [max]",
                    "Real test r: median [max] (yardstick)", "Feature cosine: median",
                    "Nearest is one of the embedding's training images"], rows,
                   caption="Per embedding (one per class). Full list: memorisation.csv in the evaluate folder."))

@@ -14,6 +14,7 @@ import argparse
 from pathlib import Path
 
 from medti.cliutils import add_common, add_pipeline, params_folder, pick, pipeline_mode
+from medti.config import schema_default
 from medti.errors import ConfigError
 
 
@@ -158,7 +159,8 @@ def run(args) -> int:
                           "(convert it afterwards with `medti embedding convert`)")
     settings = build_settings(args, params)
     bm = (params or {}).get("base_model", {})
-    common = dict(base_model=pick(args.base_model, bm.get("id"), "tiny"), checkpoint_dir=args.checkpoint_dir,
+    common = dict(base_model=pick(args.base_model, bm.get("id"), schema_default("base_model.id")),
+                  checkpoint_dir=args.checkpoint_dir,
                   init_embedding=args.init_embedding,
                   local_files_only=not args.allow_download and bm.get("local_files_only", True),
                   revision=bm.get("revision"))

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from medti.checkpoint import CheckpointStore, checkpoint_dir_for, fingerprint
+from medti.config import schema_default
 from medti.embeddings import Embedding, save_embedding
 from medti.errors import TrainingError
 from medti.textual_inversion import run_outputs
@@ -61,7 +62,8 @@ def _peak_memory_mb(device: torch.device) -> float:
 
 
 def train_embedding(images: str | os.PathLike | Sequence[str | os.PathLike], settings: TrainSettings, *,
-                    base_model: str | os.PathLike | BaseModel = "tiny", output: str | os.PathLike | None = None,
+                    base_model: str | os.PathLike | BaseModel = schema_default("base_model.id"),
+                    output: str | os.PathLike | None = None,
                     report_dir: str | os.PathLike | None = None, checkpoint_dir: str | os.PathLike | None = None,
                     params: dict | None = None, manifest: str | os.PathLike | None = None,
                     modality: str | None = None, class_name: str | None = None,
@@ -78,7 +80,6 @@ def train_embedding(images: str | os.PathLike | Sequence[str | os.PathLike], set
     from medti import __version__
     from medti.embeddings import load_embedding
     from medti.logs import progress
-    from medti.manifest import manifest_checksum
     from medti.models.loading import RANDOM_WARNING, BaseModel, load_base_model, resolve_device, resolve_dtype
     from medti.textual_inversion.data import check_image_count, images_checksum, list_image_folder, load_images
     from medti.textual_inversion.trainer import EmbeddingTrainer, NonFiniteLoss
@@ -211,8 +212,8 @@ def train_embedding(images: str | os.PathLike | Sequence[str | os.PathLike], set
                 "batch_size": str(settings.batch_size), "random_base_model": str(model.random_weights).lower(),
                 "medti_version": __version__,
             }
-            if manifest is not None:
-                metadata["manifest_checksum"] = manifest_checksum(manifest)
+            # no manifest checksum: the manifest holds salted subject ids, so it differs between clones;
+            # images_checksum (their contents) already says what the embedding learnt from
             if modality:
                 metadata.update({"modality": modality, "class": class_name})
             embedding = Embedding(token=settings.token, vectors=vectors, metadata=metadata)

@@ -1,4 +1,6 @@
 # Synthetic training sets from the embeddings, and healthy -> diseased interpolation figures.
+# generate stages its images in <generate.out>/.medti-partial/<modality>/, outside the declared output, and
+# moves the finished set into place: a killed job's rerun (--rerun-incomplete too) draws only the missing ones.
 
 
 rule generate:
