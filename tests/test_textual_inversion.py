@@ -349,7 +349,8 @@ def test_outputs_metrics_mlflow_and_validation_grids_without_phi(tmp_path, track
     out, report = tmp_path / "out" / "lesion.safetensors", tmp_path / "out" / "report"
     s = quick(token="<lesion>", steps=6, validation_every=3, validation_images=2, validation_steps=4, log_every=4,
               lr_scheduler="constant_with_warmup", warmup_steps=3)
-    result = train_embedding(images, s, output=out, report_dir=report, checkpoint_dir=tmp_path / "ckpt")
+    result = train_embedding(images, s, base_model="tiny", output=out, report_dir=report,
+                             checkpoint_dir=tmp_path / "ckpt")  # random weights: the note below
 
     rows = (report / "metrics.csv").read_text().splitlines()
     assert len(rows) == 7 and all(float(r.split(",")[3]) > 0 for r in rows[1:])  # images/s

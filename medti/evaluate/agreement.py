@@ -40,7 +40,7 @@ def synthetic_agreement(runs: dict, images: np.ndarray, labels: np.ndarray, clas
     x = to_tensor(images)
     for r in sorted(rs, key=lambda r: r.seed):
         net, _ = load_classifier(r.folder)
-        predicted = predict(net, x)[0].numpy().argmax(axis=1)
+        predicted = predict(net, x).numpy().argmax(axis=1)
         per_seed.append({c: float((predicted[labels == i] == i).mean()) if (labels == i).any() else None
                          for i, c in enumerate(classes)} | {"overall": float((predicted == labels).mean())})
     out = {"classifier_condition": condition, "seeds": [r.seed for r in sorted(rs, key=lambda r: r.seed)],
