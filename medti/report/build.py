@@ -17,6 +17,7 @@ from medti.config import schema_default
 from medti.errors import InputError
 from medti.report.document import Document, Figure, render_html, render_markdown
 from medti.report.sections import (
+    agreement_section,
     auc_overview,
     auc_section,
     checksum_section,
@@ -165,6 +166,8 @@ def build_document(inputs: list[ModalityInputs], params: dict | None, params_tex
         for c, d in m.train_reports.items():
             copy_figure(doc, d / "validation_final.png", figures / f"{m.name}_{c}_validation.png",
                         f"<{m.name}-{c}>: training images and samples drawn with the final embedding.")
+        doc.heading(3, "Do the synthetic images carry their class?")
+        agreement_section(doc, m)
         doc.heading(3, "Image quality (FID / KID)")
         quality_section(doc, m)
         doc.heading(3, "Memorisation audit")

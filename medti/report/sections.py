@@ -156,6 +156,22 @@ def quality_section(doc: Document, m: ModalityInputs) -> None:
         doc.para(skipped)
 
 
+def agreement_section(doc: Document, m: ModalityInputs) -> None:
+    """Do the synthetic images carry their class? The real-only classifiers' verdict, per class."""
+    a = m.details.get("synthetic_agreement")
+    if not a:
+        doc.para("No synthetic images, or no real-only classifier: agreement not measured.")
+        return
+    classes = m.details.get("classes") or []
+    rows = [[c, fmt(a.get(c), 2)] for c in classes if a.get(c) is not None] + [["all", fmt(a.get("overall"), 2)]]
+    doc.add(Table(["Synthetic images of class", "Put in that class by the real-only classifiers"], rows,
+                  caption=f"Each real-only classifier (condition '{a.get('classifier_condition')}', seeds "
+                          f"{', '.join(map(str, a.get('seeds') or []))}) labels every synthetic image; the share "
+                          f"of a class's synthetic images it puts in that class, averaged over the seeds. Chance "
+                          f"is about 1/{max(2, len(classes))}; a synthetic set that carries its class scores "
+                          f"near 1."))
+
+
 def memorisation_section(doc: Document, m: ModalityInputs, figures: Path) -> None:
     a = m.details.get("memorisation")
     if not a:
