@@ -238,3 +238,31 @@ def test_two_salts_give_the_same_split_subset_and_image_names(tmp_path, monkeypa
     assert a.path.tolist() == b.path.tolist()  # image names (and so the order training reads them) match
     assert not set(a.subject_id) & set(b.subject_id)  # the salt changes the written subject ids only
     assert pd.Series(a.subject_id).nunique() == 20
+
+
+def test_two_clones_with_new_salts_train_byte_identical_embeddings(tmp_path, monkeypatch):
+    """Issue 15: the same params and inputs in two clones (each with its own new salt) give the same embedding
+    file, byte for byte, so dvc.lock records the same hash."""
+    from medti.config import load_params
+    from medti.phantoms import generate_phantoms
+    from medti.textual_inversion import train_from_params
+
+    root = Path(__file__).resolve().parents[1]
+    chest = generate_phantoms("chest_xray", tmp_path / "src", subjects_per_class=6, seed=5, size=32).out
+    source = {"type": "dicom", "path": str(chest), "labels": {"csv": str(chest / "labels.csv"), "key": "path"}}
+    files = []
+    for clone in ("clone_a", "clone_b"):
+        monkeypatch.setenv("MEDTI_SALT_FILE", str(tmp_path / clone / ".medti" / "salt"))
+        from medti.preprocess import prepare_source
+
+        result = prepare_source(source, ["normal", "opacity"], tmp_path / clone / "prepared", modality="chest_xray",
+                                settings={"size": 32, "ti_per_class": 3}, seed=7, root=tmp_path / clone)
+        params = load_params(root / "params.yaml")
+        params["base_model"]["id"] = "tiny"
+        params["train_embedding"].update(steps=3, resolution=32, validation_images=0, batch_size=2)
+        out = tmp_path / clone / "opacity.safetensors"
+        train_from_params(params, "chest_xray", "opacity", Path(result.out) / "manifest.csv", out,
+                          tmp_path / clone / "report", checkpoint_dir=tmp_path / clone / "ckpt")
+        files.append(out.read_bytes())
+    assert (tmp_path / "clone_a/.medti/salt").read_bytes() != (tmp_path / "clone_b/.medti/salt").read_bytes()
+    assert files[0] == files[1]
