@@ -131,3 +131,26 @@ def test_the_toy_model_draws_what_its_visual_words_say():
     dense = _sample(model, caption("histopathology", "dense"), 6, 1)
     rings = _sample(model, caption("histopathology", "rings_1"), 6, 1)
     assert dense.mean() < rings.mean() - 0.03
+
+
+def test_the_build_script_builds_a_loadable_model(tmp_path):
+    """scripts/build-toy-model.py end to end at a few steps: phantoms by look, prepare, autoencoder, UNet, a
+    diffusers folder with its record; a second build resumes after the autoencoder."""
+    import json
+    import subprocess
+    import sys
+
+    from medti.models.loading import load_base_model
+
+    out, work = tmp_path / "toy", tmp_path / "work"
+    cmd = [sys.executable, str(ROOT / "scripts" / "build-toy-model.py"), "--out", str(out), "--work", str(work),
+           "--subjects-per-class", "40", "--vae-steps", "2", "--unet-steps", "2", "--unet-batch-size", "4"]
+    subprocess.run(cmd, check=True, capture_output=True, cwd=ROOT, timeout=600)
+    info = json.loads((out / "medti_model.json").read_text())
+    assert info["random_weights"] is False and info["settings"]["unet_steps"] == 2 and info["images"] > 50
+    model = load_base_model(str(out))
+    assert not model.random_weights and model.resolution == 64 and model.vae.config.scaling_factor != 0.18215
+    assert (work / "vae.pt").is_file()
+    proc = subprocess.run([*cmd, "--out", str(tmp_path / "again")], check=True, capture_output=True, text=True,
+                          cwd=ROOT, timeout=600)
+    assert "vae step" not in proc.stderr  # the autoencoder was reused, not trained again
