@@ -317,7 +317,7 @@ def prepare_dataset(params: dict, modality: str, out: str | os.PathLike | None =
             _check_every_class(records, classes)
             summary = _finish(tmp, journal.staging, records, rejects, classes, settings, params.get("seed", 0),
                               modality, cfg, source, names)
-            _log_summary(modality, summary)
+            _log_summary(modality, summary, gland_mask=bool(cfg.get("gland_mask")))
             tracker.log_params({"modality": modality, "source_type": cfg["type"], **{
                 k: settings[k]
                 for k in ("size", "fit", "channels", "normalise", "split", "ti_per_class", "on_error", "workers",
@@ -516,7 +516,8 @@ def _finish(tmp: Path, staging: Path, records, rejects, classes, settings, seed:
 
         with atomic_path(tmp / "rejects.csv") as t:
             reject_table.to_csv(t, index=False, lineterminator="\n")
-        summary = _summary(manifest, rejects, classes, settings, modality, cfg, official, SPLITS)
+        summary = _summary(manifest, rejects, classes, settings, modality, cfg, official, SPLITS,
+                           notes=Counter(r.note for r in records if r.note))
         write_json(tmp / "summary.json", summary)
         _samples(tmp, manifest, classes, modality, getattr(source, "channel_names", []))
     except BaseException:
@@ -531,7 +532,8 @@ def _finish(tmp: Path, staging: Path, records, rejects, classes, settings, seed:
     return summary
 
 
-def _summary(manifest, rejects, classes, settings, modality, cfg, official, splits) -> dict:
+def _summary(manifest, rejects, classes, settings, modality, cfg, official, splits, notes=None) -> dict:
+    """``notes``: how many images (used or not) carry each ImageRecord.note."""
     def counts(df, unique_subjects=False):
         column = "subject_id" if unique_subjects else "path"
         return {s: {c: int(df[(df.split == s) & (df["class"] == c)][column].nunique())
@@ -539,6 +541,12 @@ def _summary(manifest, rejects, classes, settings, modality, cfg, official, spli
 
     ti = manifest[manifest.ti_subset]
     short = [c for c in classes if int((ti["class"] == c).sum()) < int(settings["ti_per_class"])]
+    extra = {}
+    if cfg["type"] == "volume" and cfg.get("slice") == "largest_lesion":
+        from medti.preprocess.volumes import SLICE_FALLBACKS
+
+        # lesion-free cases that took the volume's middle slice, by why: no gland mask, an empty one
+        extra["volume_middle_slices"] = {k: int((notes or {}).get(k, 0)) for k in SLICE_FALLBACKS}
     return {
         "modality": modality,
         "source_type": cfg["type"],
@@ -554,6 +562,7 @@ def _summary(manifest, rejects, classes, settings, modality, cfg, official, spli
         "rejected_by_kind": dict(sorted(Counter(r.kind for r in rejects).items())),
         "settings": {k: settings[k] for k in ("size", "fit", "channels", "normalise", "percentiles", "split",
                                               "ti_per_class", "on_error", "min_size", "max_pixels")},
+        **extra,
     }
 
 
@@ -587,7 +596,7 @@ def _samples(tmp: Path, manifest, classes, modality: str, channel_names: list[st
                    suptitle=f"{modality}: the stacked sequences (R, G, B) per class")
 
 
-def _log_summary(modality: str, summary: dict) -> None:
+def _log_summary(modality: str, summary: dict, gland_mask: bool = False) -> None:
     per = "; ".join(f"{s} " + "/".join(str(summary["images"][s][c]) for c in summary["classes"])
                     for s in summary["images"])
     log.info("prepare %s: %d images of %d subjects (%s: %s); %d rejected%s", modality, summary["images_total"],
@@ -598,3 +607,11 @@ def _log_summary(modality: str, summary: dict) -> None:
         log.warning("prepare %s: fewer training images than ti_per_class for %s; the embedding subset uses all "
                     "of them (%s)", modality, ", ".join(summary["ti_subset_short"]),
                     ", ".join(f"{c} {n}" for c, n in summary["ti_subset"].items()))
+    middle = summary.get("volume_middle_slices") or {}
+    if sum(middle.values()) and gland_mask:
+        log.warning("prepare %s: %d lesion-free cases took the volume's middle slice, not the gland's (no gland "
+                    "mask file %d, an empty one %d; summary.json: volume_middle_slices)", modality,
+                    sum(middle.values()), middle.get("no_gland_mask", 0), middle.get("empty_gland_mask", 0))
+    elif sum(middle.values()):
+        log.info("prepare %s: %d lesion-free cases took the volume's middle slice (source.gland_mask, a gland "
+                 "mask per case, gives the middle of the gland instead)", modality, sum(middle.values()))

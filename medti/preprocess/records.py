@@ -72,6 +72,8 @@ class ImageRecord:
     line: int | None = None
     split: str | None = None  # an official split the source brings (MedMNIST), else None
     order: str = ""      # salt-free key (sha256 of the source checksum and the frame): orders splits and subsets
+    note: str = ""       # how the image departs from its settings' intent, counted in summary.json (never a name):
+                         # volumes.NO_GLAND / EMPTY_GLAND, a lesion-free case that took the volume's middle slice
 
 
 @dataclass
@@ -110,10 +112,11 @@ class Context:
 
     def write(self, unit: np.ndarray, image_key: str, subject_key: str, cls: str, checksum: str,
               inputs: tuple[str, ...], line: int | None = None, split: str | None = None,
-              identifiers: tuple[str, ...] = (), part: str = "") -> ImageRecord:
+              identifiers: tuple[str, ...] = (), part: str = "", note: str = "") -> ImageRecord:
         """Finish a [0, 1] image, write it as a staged PNG, return its record. ``part`` names the image within
         its input (a frame, a page); the output id derives from the checksum and ``part``, so that it does not
-        depend on the salt. ``identifiers`` is kept for callers (reasons are redacted against them)."""
+        depend on the salt. ``identifiers`` is kept for callers (reasons are redacted against them); ``note``
+        goes on the record (ImageRecord.note)."""
         from medti.preprocess.imaging import finish, save_png
 
         self.check_size(*unit.shape[:2])
@@ -126,7 +129,7 @@ class Context:
                 raise StagingWriteError(exc.errno, exc.strerror, str(self.staging)) from None
             raise
         return ImageRecord(order[:16], self.deid.subject(subject_key), cls, checksum, tuple(inputs), staged, line,
-                           split, order)
+                           split, order, note)
 
 
 def combined_checksum(checksums) -> str:
