@@ -196,8 +196,11 @@ def output_lock(output: str | os.PathLike, *, shared: bool = False, wait: float 
         return
     path.parent.mkdir(parents=True, exist_ok=True)
     deadline = time.monotonic() + max(0.0, float(wait))
+    started = time.monotonic()
     while (fd := _acquire(path, shared)) is None:
-        if time.monotonic() >= deadline:
+        # a holder that is gone may leave the lock for a moment to its forked workers, which die with it
+        orphaned = _holder_gone(path) and time.monotonic() - started < ORPHAN_GRACE_S
+        if time.monotonic() >= deadline and not orphaned:
             from medti.errors import InputError
 
             holder = _holder(path)
@@ -249,6 +252,24 @@ def _release(path: Path, fd, shared: bool) -> None:
         path.unlink(missing_ok=True)
     finally:
         os.close(fd)
+
+
+ORPHAN_GRACE_S = 10.0
+
+
+def _holder_gone(path: Path) -> bool:
+    """The pid written in the lock file names no live process (it was killed; its workers may still hold on)."""
+    try:
+        pid = int(path.read_text(encoding="ascii").strip())
+    except (OSError, ValueError):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False
+    return False
 
 
 def _holder(path: Path) -> str:
