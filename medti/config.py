@@ -209,8 +209,8 @@ def split_kind(split: dict, where: str = "prepare.split") -> str:
 
 
 def split_counts(n: int, split: dict) -> dict[str, int]:
-    """Subjects per split of a class of ``n`` subjects under fractions: the rounding of
-    ``medti.preprocess.splitting`` (a test keeps the two equal)."""
+    """Subjects per split of a class of ``n`` subjects under fractions: every requested split gets at least one;
+    used by ``prepare`` (medti.preprocess.splitting) and by params validation alike."""
     import math
 
     names = ("train", "val", "test")

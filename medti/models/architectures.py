@@ -46,17 +46,20 @@ _SD_VAE = dict(
     down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
 )
 
+_TINY_TEXT = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                  projection_dim=64, hidden_act="gelu", max_position_embeddings=77)
+_TINY_UNET = dict(sample_size=16, in_channels=4, out_channels=4, layers_per_block=1,
+                  block_out_channels=[32, 64], norm_num_groups=8, cross_attention_dim=64,
+                  attention_head_dim=8,
+                  down_block_types=["CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+                  up_block_types=["CrossAttnUpBlock2D", "CrossAttnUpBlock2D"])
+
 ARCHITECTURES: dict[str, Architecture] = {
     "tiny": Architecture(
         name="tiny",
         resolution=64,
-        text=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                  projection_dim=64, hidden_act="gelu", max_position_embeddings=77),
-        unet=dict(sample_size=16, in_channels=4, out_channels=4, layers_per_block=1,
-                  block_out_channels=[32, 64], norm_num_groups=8, cross_attention_dim=64,
-                  attention_head_dim=8,
-                  down_block_types=["CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
-                  up_block_types=["CrossAttnUpBlock2D", "CrossAttnUpBlock2D"]),
+        text=_TINY_TEXT,
+        unet=_TINY_UNET,
         vae=dict(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1, norm_num_groups=8,
                  block_out_channels=[32, 64, 64], sample_size=64,
                  down_block_types=["DownEncoderBlock2D"] * 3, up_block_types=["UpDecoderBlock2D"] * 3),
@@ -65,13 +68,8 @@ ARCHITECTURES: dict[str, Architecture] = {
     "toy": Architecture(
         name="toy",
         resolution=64,
-        text=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                  projection_dim=64, hidden_act="gelu", max_position_embeddings=77),
-        unet=dict(sample_size=16, in_channels=4, out_channels=4, layers_per_block=1,
-                  block_out_channels=[32, 64], norm_num_groups=8, cross_attention_dim=64,
-                  attention_head_dim=8,
-                  down_block_types=["CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
-                  up_block_types=["CrossAttnUpBlock2D", "CrossAttnUpBlock2D"]),
+        text=_TINY_TEXT,
+        unet=_TINY_UNET,
         vae=dict(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1, norm_num_groups=8,
                  block_out_channels=[16, 32, 64], sample_size=64,
                  down_block_types=["DownEncoderBlock2D"] * 3, up_block_types=["UpDecoderBlock2D"] * 3),

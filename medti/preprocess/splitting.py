@@ -14,6 +14,7 @@ from collections import Counter, defaultdict
 
 import numpy as np
 
+from medti.config import split_counts
 from medti.errors import ConfigError
 from medti.manifest import SPLITS
 
@@ -48,19 +49,7 @@ def _counts(n: int, split: dict, mode: str, cls: str, modality: str) -> dict[str
     if n < len(wanted):
         raise ConfigError(f"{modality}: class '{cls}' has {n} subject{'s' if n != 1 else ''}, too few for a "
                           f"subject-wise split into {', '.join(wanted)} (needs at least {len(wanted)})")
-    total = max(int(round(sum(split[s] for s in SPLITS) * n)), len(wanted))
-    raw = {s: split[s] * n for s in SPLITS}
-    out = {s: int(np.floor(raw[s])) for s in SPLITS}
-    for s in sorted(wanted, key=lambda s: raw[s] - out[s], reverse=True):
-        if sum(out.values()) >= total:
-            break
-        out[s] += 1
-    for s in wanted:  # every requested split gets at least one subject of every class
-        if out[s] == 0:
-            donor = max(wanted, key=lambda d: out[d])  # holds two or more, as total >= len(wanted)
-            out[donor] -= 1
-            out[s] += 1
-    return out
+    return split_counts(n, split)  # the one rounding rule, shared with params validation
 
 
 def assign_splits(subject_classes: dict[str, str], classes: list[str], split: dict, seed: int,
