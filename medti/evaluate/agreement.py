@@ -18,8 +18,10 @@ log = logging.getLogger(__name__)
 
 def real_only_runs(runs: dict) -> tuple[str, list] | tuple[None, list]:
     """The first condition whose every run trained on real images only, with its runs."""
+    from medti.evaluate.runs import real_only
+
     for condition, rs in runs.items():
-        if rs and all(r.metrics.get("n_synthetic", 1) == 0 and r.metrics.get("n_real", 0) > 0 for r in rs):
+        if real_only(rs):
             return condition, rs
     return None, []
 

@@ -95,12 +95,14 @@ def load_runs(classifiers, test: pd.DataFrame, classes: list[str], real_manifest
     return out
 
 
+def real_only(rs: list[ClassifierRun]) -> bool:
+    """Every run of a condition trained on real images only (no synthetic training images)."""
+    return bool(rs) and all(r.metrics.get("n_synthetic", 1) == 0 and r.metrics.get("n_real", 0) > 0 for r in rs)
+
+
 def feature_run(runs: dict[str, list[ClassifierRun]], reference: str) -> ClassifierRun:
     """The classifier whose features measure quality and similarity: a real-only one (no synthetic training
     images), the reference condition's if it is one; its lowest seed. Failing that, the reference's."""
-    def real_only(rs):
-        return all(r.metrics.get("n_synthetic", 1) == 0 and r.metrics.get("n_real", 0) > 0 for r in rs)
-
     order = [reference] + [c for c in runs if c != reference]
     for condition in order:
         if condition in runs and real_only(runs[condition]):
