@@ -1,5 +1,5 @@
-# medti: phantoms/ingest -> one embedding per modality and class -> synthetic sets -> classifiers per
-# condition and seed -> evaluation -> report.  `snakemake --cores 4 --resources gpu=1`; `snakemake -n`.
+# medti: phantoms/ingest -> embeddings per modality, class and variant -> synthetic sets per variant -> classifiers
+# per condition and seed -> evaluation -> report.  `snakemake --cores 4 --resources gpu=1`; `snakemake -n`.
 # params.yaml is the one source of parameters (DVC reads it too); each rule calls the medti CLI with the
 # same command dvc.yaml runs (tests/test_workflow.py fails when the two drift apart), and sends its whole stderr
 # (medti's log, errors and tracebacks) to the rule's log file. After a successful run, dvc.lock records what it
@@ -20,6 +20,7 @@ wildcard_constraints:
     modality="|".join(MODALITIES),
     cls="[a-z0-9_]+",
     condition="|".join(CONDITIONS),
+    variant="|".join(VARIANTS),
     seed=r"\d+",
 
 

@@ -27,6 +27,7 @@ COMMAND_MODULES = (
     "medti.classifier.cli",
     "medti.evaluate.cli",
     "medti.report.cli",
+    "medti.reader_study.cli",
     "medti.bench.cli",
     "medti.workflow.cli",
 )

@@ -110,6 +110,7 @@ def validate(params: dict, source: str = "params.yaml", evaluation: bool = True)
     _derive_classes(params, source)
     _check_cross_references(params, source)
     _check_overrides(params, source)
+    _check_variants(params, source)
     _check_splits(params, source, evaluation)
     params.setdefault("_meta", {})["validated"] = True
     return params
@@ -188,6 +189,51 @@ def _check_overrides(params: dict, source: str) -> None:
                 where = ".".join(str(p) for p in err.absolute_path)
                 raise ConfigError(f"{source}: modalities.{name}.overrides.{section}"
                                   f"{'.' + where if where else ''}: {err.message}")
+
+
+def _check_variants(params: dict, source: str) -> None:
+    """Variants are the same for every modality (the DAG has one variant dimension), and every classifier
+    condition names one of them. (A variant asking for more images than a class's embedding subset holds trains
+    on all of them, with a warning: train-embedding knows the subset, params do not.)"""
+    names = list(variants(params))
+    for name, mod in params["modalities"].items():
+        if "variants" in ((mod.get("overrides") or {}).get("train_embedding") or {}):
+            raise ConfigError(f"{source}: modalities.{name}.overrides.train_embedding.variants: the variants are "
+                              "the same for every modality; set them in train_embedding.variants")
+    for condition, spec in ((params.get("classifier") or {}).get("conditions") or {}).items():
+        v = (spec or {}).get("variant")
+        if v is not None and v not in names:
+            raise ConfigError(f"{source}: classifier.conditions.{condition}.variant: '{v}' is not one of "
+                              f"train_embedding.variants ({', '.join(names)})")
+
+
+# -- embedding variants --------------------------------------------------------------------------------------
+
+def variants(params: dict) -> dict[str, dict]:
+    """The embedding variants in order, each as ``{images, steps, num_vectors}`` (None: the section's value or,
+    for images, the whole embedding subset). The first is the main one."""
+    section = (params.get("train_embedding") or {}).get("variants") or {"full": {}}
+    return {name: {k: (spec or {}).get(k) for k in ("images", "steps", "num_vectors")}
+            for name, spec in section.items()}
+
+
+def main_variant(params: dict) -> str:
+    """The first variant: the one interpolation, the report's figures and conditions without a variant use."""
+    return next(iter(variants(params)))
+
+
+def condition_variant(params: dict, condition: str) -> str:
+    """The variant whose synthetic images classifier condition ``condition`` trains on."""
+    spec = ((params.get("classifier") or {}).get("conditions") or {}).get(condition) or {}
+    return spec.get("variant") or main_variant(params)
+
+
+def embedding_file(folder: str | os.PathLike, class_name: str, variant: str | None = None) -> Path:
+    """Where a class's embedding lies: ``<folder>/<class>/<variant>.safetensors`` (the pipeline's layout, one
+    folder per class holding a file per variant), or ``<folder>/<class>.safetensors`` (a flat folder of shared
+    embeddings) when no variant is named."""
+    folder = Path(folder)
+    return folder / f"{class_name}.safetensors" if variant is None else folder / class_name / f"{variant}.safetensors"
 
 
 def split_kind(split: dict, where: str = "prepare.split") -> str:

@@ -109,6 +109,21 @@ def _captured_settings(monkeypatch, argv: list[str]) -> dict:
     return seen
 
 
+def test_a_condition_trains_on_its_variants_synthetic_set(tmp_path, monkeypatch):
+    params_path = toy_params(tmp_path, conditions={"real": (None, 0), "synthetic": (0, None),
+                                                   "synthetic_few": (0, None, "few")},
+                             variants={"full": {}, "few": {"images": 2}})
+    sets = tmp_path / "data" / "synthetic" / "toy"
+    sets.mkdir(parents=True)
+    seen = {c: _captured_settings(monkeypatch, ["train-classifier", "--params", str(params_path), "--modality", "toy",
+                                                "--condition", c, "--synthetic", str(sets)])
+            for c in ("real", "synthetic", "synthetic_few")}
+    assert seen["real"]["synthetic_manifest"] is None  # a real-only condition reads no synthetic set
+    assert seen["synthetic"]["synthetic_manifest"] == sets / "full" / "manifest.csv"
+    assert seen["synthetic_few"]["synthetic_manifest"] == sets / "few" / "manifest.csv"
+    assert [seen[c]["variant"] for c in seen] == ["full", "full", "few"]
+
+
 def test_standalone_and_pipeline_forms_give_the_same_settings(tmp_path, monkeypatch):
     import yaml
 
@@ -120,6 +135,7 @@ def test_standalone_and_pipeline_forms_give_the_same_settings(tmp_path, monkeypa
               "batch_size": 5, "eval_every": 3, "checkpoint_every": 0, "augment": False, "device": "cpu"}
     params["classifier"].update(values)
     params_path.write_text(yaml.safe_dump(params, sort_keys=False))
+    (tmp_path / "data" / "synthetic" / "toy").mkdir(parents=True)  # the modality's sets, a folder per variant
     pipeline = _captured_settings(monkeypatch, ["train-classifier", "--params", str(params_path), "--modality", "toy",
                                                 "--condition", "real_synthetic", "--seed", "2"])
     flags = []
@@ -134,7 +150,8 @@ def test_standalone_and_pipeline_forms_give_the_same_settings(tmp_path, monkeypa
     assert pipeline["seed"] == standalone["seed"] == 2
     # the pipeline's paths are params.yaml's
     assert pipeline["real_manifest"] == str(tmp_path / "data" / "prepared" / "toy" / "manifest.csv")
-    assert str(pipeline["synthetic_manifest"]) == str(tmp_path / "data" / "synthetic" / "toy" / "manifest.csv")
+    assert str(pipeline["synthetic_manifest"]) == str(tmp_path / "data" / "synthetic" / "toy" / "full" / "manifest.csv")
+    assert pipeline["variant"] == "full"  # no variant named: the first (the schema's default, full)
     assert pipeline["out"] == str(tmp_path / "results" / "classifier" / "toy" / "real_synthetic" / "seed2")
     # a flag wins over params.yaml in pipeline mode
     again = _captured_settings(monkeypatch, ["train-classifier", "--params", str(params_path), "--modality", "toy",
@@ -385,6 +402,35 @@ def test_imagenet_weights_of_torchvisions_layout_load_offline(tmp_path, monkeypa
             assert torch.equal(own[key], value), key
             assert not torch.equal(scratch[key], value), key  # the weights changed
         assert own["fc.weight"].shape == (2, 512) and torch.equal(own["fc.weight"], scratch["fc.weight"])  # new head
+
+
+def test_densenet_imagenet_file_with_torchvisions_release_names_loads(tmp_path):
+    """torchvision's densenet121 release file names its layers the old way (``denselayer1.norm.1.weight``)."""
+    import re
+
+    import torch
+
+    from medti.classifier.networks import NetworkSpec, build_network, legacy_keys
+
+    spec = NetworkSpec(arch="densenet121", num_classes=1000)
+    g = torch.Generator().manual_seed(3)
+    release = {re.sub(r"(denselayer\d+\.(?:norm|conv))([12])\.", r"\1.\2.", k): torch.rand(v.shape, generator=g)
+               + 0.5 for k, v in build_network(spec).state_dict().items() if not k.endswith("num_batches_tracked")}
+    assert "features.denseblock1.denselayer1.norm.1.weight" in release and len(release) == 606
+    torch.save(release, tmp_path / "densenet121-a639ec97.pth")
+    own = build_network(NetworkSpec(arch="densenet121", num_classes=2),
+                        pretrained=tmp_path / "densenet121-a639ec97.pth")
+    state = own.state_dict()
+    assert torch.equal(state["features.denseblock4.denselayer16.conv2.weight"],
+                       release["features.denseblock4.denselayer16.conv.2.weight"])
+    assert torch.equal(state["features.norm5.running_var"], release["features.norm5.running_var"])
+    assert state["classifier.weight"].shape == (2, 1024)  # a new head
+    # a classifier saved with MONAI's DenseNet names (earlier medti) still loads
+    monai_names = {re.sub(r"(denselayer\d+)\.", r"\1.layers.", k).replace("classifier.", "class_layers.out."): v
+                   for k, v in state.items()}
+    fresh = build_network(NetworkSpec(arch="densenet121", num_classes=2))
+    fresh.load_state_dict(legacy_keys(monai_names))
+    assert torch.equal(fresh.state_dict()["classifier.weight"], state["classifier.weight"])
 
 
 def test_missing_or_foreign_imagenet_weights_are_one_clear_line(toy, tmp_path, monkeypatch, capsys):

@@ -94,7 +94,7 @@ def test_a_setting_has_one_flag_everywhere():
 def _modules_after(argv: list[str]) -> set[str]:
     code = ("import sys\nfrom medti.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
             "print('HEAVY:', *sorted({m.split('.')[0] for m in sys.modules} & "
-            "{'torch', 'diffusers', 'transformers', 'mlflow', 'pandas', 'matplotlib', 'pydicom', 'monai', 'scipy'}))")
+            "{'torch', 'diffusers', 'transformers', 'mlflow', 'pandas', 'matplotlib', 'pydicom', 'scipy'}))")
     proc = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     line = [ln for ln in proc.stdout.splitlines() if ln.startswith("HEAVY:")][-1]
@@ -181,7 +181,7 @@ def test_train_embedding_standalone_and_pipeline_settings_agree(tmp_path):
     for key in ("num_vectors", "steps", "batch_size", "grad_accum", "lr", "lr_scheduler", "warmup_steps",
                 "max_grad_norm", "weight_decay", "checkpoint_every", "validation_every", "validation_images",
                 "validation_steps", "validation_guidance", "log_every", "compile_memory_budget"):
-        flags += [f"--{key.replace('_', '-')}", str(te[key])]
+        flags += [f"--{key.replace('_', '-')}", str(0 if te[key] is None else te[key])]  # 0: clipping off
     flags += ["--init-method", te["init"]]
     standalone = build_settings(parser.parse_args(flags), None)
     assert standalone == from_params

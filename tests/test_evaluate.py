@@ -9,7 +9,20 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from classifier_support import CLASSES, CONDITIONS, MODALITY, SEEDS, build_toy_experiment, one_line_error, toy_params
+from classifier_support import (
+    CLASSES,
+    CONDITIONS,
+    MODALITY,
+    SEEDS,
+    SWEEP_LESIONS,
+    SWEEP_PER_WEIGHT,
+    SWEEP_WEIGHTS,
+    SWEEPS,
+    build_toy_experiment,
+    one_line_error,
+    toy_params,
+    write_interpolation,
+)
 
 from medti.cli import main
 from medti.errors import ConfigError, InputError
@@ -25,18 +38,24 @@ def toy(tmp_path_factory, tiny_model_dir):
 
 
 @pytest.fixture(scope="module")
-def evaluated(toy, tmp_path_factory):
+def interpolation(tmp_path_factory):
+    """A fake medti interpolate folder of the toy modality (classifier_support.write_interpolation)."""
+    return write_interpolation(tmp_path_factory.mktemp("interpolate") / MODALITY)
+
+
+@pytest.fixture(scope="module")
+def evaluated(toy, interpolation, tmp_path_factory):
     out = tmp_path_factory.mktemp("evaluate") / MODALITY
     evaluate(toy.classifiers, toy.real, out, synthetic_manifest=toy.synthetic, embeddings=toy.embeddings,
              modality=MODALITY, classes=list(CLASSES), conditions=list(CONDITIONS), seeds=list(SEEDS),
-             settings=SETTINGS)
+             settings=SETTINGS, interpolate=interpolation)
     return out
 
 
 def test_writes_every_output(evaluated):
     for name in ("metrics.json", "evaluate.json", "roc.csv", "auc_table.csv", "auc_seeds.csv", "roc.png",
                  "confusion.png", "confusion.csv", "memorisation.csv", "memorisation_pairs.png",
-                 "memorisation_similarity.png", "memorisation_features.png"):
+                 "memorisation_similarity.png", "memorisation_features.png", "sweep_judgement.png"):
         assert (evaluated / name).is_file(), name
         assert (evaluated / name).stat().st_size > 0, name
     assert not list(evaluated.parent.glob(".*"))  # no temporaries left beside it
@@ -96,6 +115,12 @@ def test_quality_in_the_classifier_feature_space(toy, evaluated):
         assert "torch-fidelity is not installed" in details["quality"]["inception"]["skipped"]
     metrics = json.loads((evaluated / "metrics.json").read_text())
     assert metrics["quality"]["classifier_fd"] == pytest.approx(q["synthetic_vs_real_train"]["fd"])
+    # one synthetic manifest: one set, the main (the schema's only) variant, with its embeddings' facts
+    assert details["variant_names"] == ["full"] and details["embeddings"]["lesion"]["file"] == "lesion.safetensors"
+    assert metrics["variants"] == {"full": {**{k: metrics[k] for k in ("synthetic_agreement", "quality",
+                                                                      "memorisation")},
+                                            "images": 4, "steps": 4,
+                                            "num_vectors": details["embeddings"]["lesion"]["num_vectors"]}}
 
 
 def test_memorisation_flags_the_planted_copy_and_nothing_else(toy, evaluated):
@@ -125,6 +150,95 @@ def test_memorisation_flags_the_planted_copy_and_nothing_else(toy, evaluated):
     # Embedding files and their checksums are recorded.
     assert set(details["embeddings"]) == set(CLASSES)
     assert details["embeddings"]["lesion"]["token"] == f"<{MODALITY}-lesion>"
+
+
+def _error_rates(folder, n: int = 200, seed: int = 123) -> tuple[float, float]:
+    """A classifier's (missed lesions, normal images called lesion) on ``n`` fresh toy images per class."""
+    from medti.classifier.networks import predict
+    from medti.classifier.training import load_classifier
+    from medti.imageset import to_tensor
+    from medti.toydata import toy_image
+
+    rng = np.random.default_rng(seed)
+    labels = np.repeat([0, 1], n)
+    images = np.stack([np.repeat(toy_image(label, rng, 32)[..., None], 3, axis=-1) for label in labels])
+    net, _ = load_classifier(folder)
+    predicted = predict(net, to_tensor(images)).numpy().argmax(axis=1)
+    return float((predicted[labels == 1] != 1).mean()), float((predicted[labels == 0] == 1).mean())
+
+
+def _judged_share(folder, interpolation, figure: str, weight: float, target: int) -> float:
+    """What one classifier makes of one weight of a sweep, straight from interpolate.csv and the images."""
+    from medti.classifier.networks import predict
+    from medti.classifier.training import load_classifier
+    from medti.imageset import read_manifest_images, to_tensor
+
+    table = pd.read_csv(interpolation / "interpolate.csv")
+    rows = table[(table["figure"] == f"{figure}.png") & (table["weight"] == weight)]
+    net, spec = load_classifier(folder)
+    images = read_manifest_images([interpolation / p for p in rows["path"]], size=spec.size)
+    return float((predict(net, to_tensor(images)).numpy().argmax(axis=1) == target).mean())
+
+
+def test_the_real_only_classifiers_judge_the_sweeps(toy, interpolation, evaluated):
+    """At weight w a share SWEEP_LESIONS[w] / SWEEP_PER_WEIGHT (about w) of the images are lesions: the share
+    judged lesion rises with w, the share judged normal of the same images (the lesion-to-normal sweep) falls;
+    the combination figure is left out."""
+    details = json.loads((evaluated / "evaluate.json").read_text())
+    sweeps = details["sweeps"]
+    assert set(sweeps) == set(SWEEPS)
+    up, down = sweeps["sweep-normal-to-lesion"], sweeps["sweep-lesion-to-normal"]
+    assert (up["from"], up["to"], down["from"], down["to"]) == ("normal", "lesion", "lesion", "normal")
+    for s in (up, down):
+        assert s["weights"] == list(SWEEP_WEIGHTS) and s["n_per_weight"] == [SWEEP_PER_WEIGHT] * len(SWEEP_WEIGHTS)
+        assert s["classifier_condition"] == "real" and s["seeds"] == list(SEEDS)
+        assert np.mean(s["share_target_per_seed"], axis=0) == pytest.approx(s["share_target"])
+    # each seed's share is what its classifier makes of that weight's images (the sweeps share one batch)
+    for i, seed in enumerate(SEEDS):
+        folder = toy.classifiers / "real" / f"seed{seed}"
+        for figure, s, target in (("sweep-normal-to-lesion", up, 1), ("sweep-lesion-to-normal", down, 0)):
+            for j in (0, 2, 4):
+                w = SWEEP_WEIGHTS[j]
+                assert s["share_target_per_seed"][i][j] == _judged_share(folder, interpolation, figure, w, target)
+    # The construction, through the classifiers' errors. The fixture's real-only classifiers score 0.92-0.96 on
+    # the 24 real test images but miss up to a third of fresh lesions (30 training steps), so the expected share
+    # at w is f (1 - missed) + (1 - f) called, f the lesion fraction, averaged over the seeds, with each seed's
+    # error rates measured on 200 fresh toy images per class; the tolerance is 3 binomial standard deviations of
+    # SWEEP_PER_WEIGHT images plus 0.05 for the rates' own estimate.
+    rates = [_error_rates(toy.classifiers / "real" / f"seed{seed}") for seed in SEEDS]
+    for j, w in enumerate(SWEEP_WEIGHTS):
+        f = SWEEP_LESIONS[w] / SWEEP_PER_WEIGHT
+        assert f == pytest.approx(w, abs=0.5 / SWEEP_PER_WEIGHT)
+        q = np.array([f * (1 - missed) + (1 - f) * called for missed, called in rates])  # P(judged lesion)
+        sd = np.sqrt(np.mean([f * (1 - missed) * missed + (1 - f) * called * (1 - called)
+                              for missed, called in rates]) / SWEEP_PER_WEIGHT)
+        assert up["share_target"][j] == pytest.approx(q.mean(), abs=3 * sd + 0.05), (w, rates)
+        assert down["share_target"][j] == pytest.approx(1 - q.mean(), abs=3 * sd + 0.05), (w, rates)
+    assert up["share_target"][-1] - up["share_target"][0] > 0.4
+    assert up["rises"] and up["spearman"] > 0.8
+    assert not down["rises"] and down["spearman"] < -0.8
+    metrics = json.loads((evaluated / "metrics.json").read_text())["sweeps"]
+    assert metrics == {"normal_to_lesion": {"share_at_0": up["share_target"][0], "share_at_1": up["share_target"][-1],
+                                            "spearman": up["spearman"]},
+                       "lesion_to_normal": {"share_at_0": down["share_target"][0],
+                                            "share_at_1": down["share_target"][-1], "spearman": down["spearman"]}}
+    assert details["inputs"]["interpolate"] == str(interpolation)
+
+
+def test_sweeps_need_a_real_only_classifier_and_named_classes(toy, interpolation, tmp_path):
+    """No real-only condition: nothing judged; a sweep between prompts that are no class: left out; a folder
+    that is no interpolation output: one clear error."""
+    from medti.classifier import read_rows
+    from medti.evaluate import judge_sweeps
+    from medti.evaluate.runs import load_runs
+
+    real = read_rows(toy.real, MODALITY)
+    runs = load_runs(toy.classifiers, real[real["split"] == "test"], list(CLASSES), toy.real)
+    assert judge_sweeps({"real_synthetic": runs["real_synthetic"]}, interpolation, list(CLASSES)) == {}
+    assert set(judge_sweeps({"real": runs["real"]}, interpolation, list(CLASSES))) == set(SWEEPS)
+    assert judge_sweeps({"real": runs["real"]}, interpolation, ["healthy", "lesion"]) == {}
+    with pytest.raises(InputError, match="interpolate.csv: not found"):
+        judge_sweeps(runs, tmp_path, list(CLASSES))
 
 
 def test_pixel_correlation_finds_near_copies():
@@ -239,6 +353,10 @@ def test_cli_pipeline_form(toy, tmp_path):
     # metrics.json and roc.csv beside the folder, where DVC declares them
     assert (evaluated / f"{MODALITY}.metrics.json").is_file() and (evaluated / f"{MODALITY}.roc.csv").is_file()
     assert not (evaluated / MODALITY / "metrics.json").exists()
+    # no --interpolate: no sweeps judged, even where params.yaml's interpolate.out might hold some
+    assert details["sweeps"] == {} and details["inputs"]["interpolate"] is None
+    assert "sweeps" not in json.loads((evaluated / f"{MODALITY}.metrics.json").read_text())
+    assert not (evaluated / MODALITY / "sweep_judgement.png").exists()
 
 
 def _captured(monkeypatch, argv: list[str]) -> dict:
@@ -262,18 +380,20 @@ def test_standalone_and_pipeline_forms_give_the_same_settings(toy, tmp_path, mon
               "memorisation": {"threshold": 0.8, "size": 24, "top_k": 3, "level": 0.1}}
     params = _pipeline_params(toy, tmp_path, evaluate=values)
     pipeline = _captured(monkeypatch, ["evaluate", "--params", str(params), "--modality", MODALITY,
-                                       "--conditions", "real,real_synthetic", "--seeds", "0,1"])
+                                       "--conditions", "real,real_synthetic", "--seeds", "0,1", "--interpolate", "i"])
     flags = ["--reference", "real_synthetic", "--bootstrap", "321", "--confidence", "0.9", "--min-test-per-class", "3",
              "--inception", "off", "--max-images", "40", "--kid-subsets", "7", "--kid-subset-size", "20",
              "--threshold", "0.8", "--memorisation-size", "24", "--top-k", "3", "--seed", "3",
              "--quality-reference", "train", "--memorisation-level", "0.1"]
     standalone = _captured(monkeypatch, ["evaluate", "--classifiers", "c", "--real", "r.csv", "--out", "o",
-                                         "--conditions", "real,real_synthetic", "--seeds", "0,1", *flags])
+                                         "--conditions", "real,real_synthetic", "--seeds", "0,1", "--interpolate", "i",
+                                         *flags])
     assert pipeline["settings"] == standalone["settings"]
     assert pipeline["settings"].memorisation_size == 24 and pipeline["settings"].seed == 3
     assert pipeline["settings"].quality_reference == "train" and pipeline["settings"].memorisation_level == 0.1
     assert pipeline["conditions"] == standalone["conditions"] == ["real", "real_synthetic"]
     assert pipeline["seeds"] == standalone["seeds"] == [0, 1]
+    assert pipeline["interpolate"] == standalone["interpolate"] == "i"
     # the pipeline's paths are params.yaml's; a flag wins over params.yaml
     assert pipeline["classifiers"] == str(toy.classifiers) and pipeline["real_manifest"] == str(toy.real)
     assert str(pipeline["metrics_file"]) == str(tmp_path / "results" / "evaluate" / f"{MODALITY}.metrics.json")
@@ -281,6 +401,7 @@ def test_standalone_and_pipeline_forms_give_the_same_settings(toy, tmp_path, mon
                                     "--out", str(tmp_path / "x")])
     assert again["settings"].bootstrap == 500 and again["settings"].top_k == 3 and again["out"] == str(tmp_path / "x")
     assert again["conditions"] == list(CONDITIONS) and again["seeds"] == list(SEEDS)  # params.yaml's runs
+    assert again["interpolate"] is None  # only where given, in either mode
 
 
 def test_bad_input_is_one_clear_line(toy, tmp_path, capsys):
@@ -406,3 +527,113 @@ def test_inception_sees_the_images_at_their_prepared_size(tmp_path, monkeypatch)
     train_ref = quality.image_quality(frames, features, ["normal", "lesion"],
                                       EvaluateSettings(kid_subsets=5, inception="off", quality_reference="train"))
     assert train_ref["classifier"]["n_reference"] == 20 and train_ref["classifier"]["reference"] == "train"
+
+
+# -- embedding variants --------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def variants_evaluated(toy, tmp_path_factory):
+    """The two-variant experiment evaluated by the pipeline's command line (every path params.yaml's)."""
+    from classifier_support import build_variant_experiment
+
+    exp = build_variant_experiment(tmp_path_factory.getbasetemp() / "variant_experiment", toy)
+    assert main(["evaluate", "--params", str(exp.params), "--modality", MODALITY, "-q"]) == 0
+    evaluated = exp.root / "results" / "evaluate"
+    return exp, evaluated / MODALITY, json.loads((evaluated / f"{MODALITY}.metrics.json").read_text())
+
+
+def test_every_variant_gets_its_own_synthetic_metrics(variants_evaluated):
+    from classifier_support import FEW_MISLABELLED, FEW_PER_CLASS, VARIANTS
+
+    exp, out, metrics = variants_evaluated
+    details = json.loads((out / "evaluate.json").read_text())
+    full, few = metrics["variants"]["full"], metrics["variants"]["few"]
+    assert list(metrics["variants"]) == details["variant_names"] == list(VARIANTS)  # the main variant first
+    assert details["main_variant"] == "full"
+    # each variant's audit is of its own set: the full set holds the planted copy, the few set is smaller and has none
+    assert full["memorisation"]["n"] == 25 and full["memorisation"]["near_copies"] == 1
+    assert few["memorisation"]["n"] == 2 * FEW_PER_CLASS and few["memorisation"]["near_copies"] == 0
+    assert len(pd.read_csv(out / "variants" / "few" / "memorisation.csv")) == 2 * FEW_PER_CLASS
+    assert len(pd.read_csv(out / "memorisation.csv")) == 25 and not (out / "variants" / "full").exists()
+    # the few set carries its class worse: at most about (8 - 3) / 8 of it is put in its class
+    assert few["synthetic_agreement"]["overall"] <= (FEW_PER_CLASS - FEW_MISLABELLED) / FEW_PER_CLASS + 0.1
+    assert few["synthetic_agreement"]["overall"] < full["synthetic_agreement"]["overall"] - 0.2
+    assert few["quality"]["classifier_n"] == 2 * FEW_PER_CLASS and full["quality"]["classifier_n"] == 24
+    assert few["quality"]["classifier_fd"] != full["quality"]["classifier_fd"]
+    # images per embedding, steps and vectors from the embeddings' metadata
+    assert (full["images"], few["images"]) == (4, VARIANTS["few"]["images"])
+    assert full["steps"] == few["steps"] == 4 and full["num_vectors"] == few["num_vectors"] > 0
+    # the top-level keys are the main variant's, as before variants
+    for key in ("synthetic_agreement", "quality", "memorisation"):
+        assert metrics[key] == full[key]
+        assert details[key] == details["variants"]["full"][key]
+    # each variant's embeddings checked against its own set
+    assert details["variants"]["few"]["embeddings"]["lesion"]["file"] == "lesion/few.safetensors"
+    assert details["embeddings"]["lesion"]["file"] == "lesion/full.safetensors"
+    assert details["variants"]["few"]["synthetic_manifest"] == str(exp.synthetic / "few" / "manifest.csv")
+
+
+def test_each_variant_is_checked_against_its_own_embeddings(variants_evaluated, tmp_path):
+    import shutil
+
+    exp, _, _ = variants_evaluated
+    swapped = tmp_path / "embeddings"
+    shutil.copytree(exp.embeddings, swapped)
+    shutil.copy(swapped / "lesion" / "full.safetensors", swapped / "lesion" / "few.safetensors")
+    with pytest.raises(InputError, match=r"class 'lesion' \(variant few\) were not drawn with this embedding"):
+        evaluate(exp.classifiers, exp.real, tmp_path / "ev", synthetic_manifest=exp.synthetic, embeddings=swapped,
+                 modality=MODALITY, settings=SETTINGS, variants=["full", "few"])
+    with pytest.raises(InputError, match="no synthetic set of variant.s. other"):
+        evaluate(exp.classifiers, exp.real, tmp_path / "ev", synthetic_manifest=exp.synthetic, modality=MODALITY,
+                 settings=SETTINGS, variants=["full", "other"])
+    assert not (tmp_path / "ev").exists()
+
+
+def test_standalone_finds_the_variants_and_each_conditions_variant(variants_evaluated, tmp_path):
+    """Without params.yaml: the <variant>/ folders found (the schema's main variant first), each condition's
+    variant as its runs recorded it, and a run that took the whole of its variant's set took "all" of it."""
+    exp, _, metrics = variants_evaluated
+    result = evaluate(exp.classifiers, exp.real, tmp_path / "ev", synthetic_manifest=exp.synthetic,
+                      embeddings=exp.embeddings, modality=MODALITY, settings=SETTINGS)
+    details = json.loads((tmp_path / "ev" / "evaluate.json").read_text())
+    assert details["variant_names"] == ["full", "few"] and list(result.metrics["variants"]) == ["full", "few"]
+    assert {c: r["variant"] for c, r in details["conditions"].items()} == {
+        "real": None, "real_synthetic": "full", "synthetic": "full", "synthetic_few": "few"}
+    assert details["cross_variant_comparisons"] == {"synthetic_few": "synthetic"}
+    assert result.metrics["variants"]["few"]["memorisation"] == metrics["variants"]["few"]["memorisation"]
+
+
+def test_conditions_record_their_variant_and_compare_across_variants(variants_evaluated):
+    from medti.classifier import read_rows
+    from medti.evaluate.runs import load_runs
+    from medti.evaluate.statistics import bootstrap_aucs, compare, summarise_conditions
+
+    exp, out, metrics = variants_evaluated
+    details = json.loads((out / "evaluate.json").read_text())
+    expected = {"real": None, "real_synthetic": "full", "synthetic": "full", "synthetic_few": "few"}
+    assert {c: r["variant"] for c, r in details["conditions"].items()} == expected
+    table = pd.read_csv(out / "auc_table.csv").set_index("condition")
+    assert {c: v if isinstance(v, str) else None for c, v in table["variant"].items()} == expected
+    assert details["cross_variant_comparisons"] == {"synthetic_few": "synthetic"}
+    assert table.loc["synthetic_few", "main_variant_condition"] == "synthetic"
+    assert table["main_variant_condition"].drop("synthetic_few").isna().all()
+    # the extra comparison is compare() on the same case resamples as every other figure ...
+    real = read_rows(exp.real, MODALITY)
+    test = real[real["split"] == "test"]
+    runs = load_runs(exp.classifiers, test, list(CLASSES), exp.real, list(expected), list(SEEDS))
+    labels, sets = test["label"].to_numpy(dtype=int), {c: [r.probs for r in rs] for c, rs in runs.items()}
+    s = details["settings"]
+    boot = bootstrap_aucs(labels, sets, s["bootstrap"], s["seed"])
+    direct = compare(labels, sets["synthetic_few"], sets["synthetic"], boot["synthetic_few"], boot["synthetic"],
+                     s["confidence"])
+    few = metrics["synthetic_few"]
+    assert few["p_value_vs_synthetic"] == pytest.approx(direct.p_bootstrap)
+    assert few["auc_diff_vs_synthetic"] == pytest.approx(few["auc_mean"] - metrics["synthetic"]["auc_mean"])
+    assert table.loc["synthetic_few", "p_bootstrap_vs_main_variant"] == pytest.approx(direct.p_bootstrap, abs=1e-5)
+    # ... and with the seed variance, what the table gives with 'synthetic' as the reference (same seed draws)
+    as_reference = summarise_conditions(labels, sets, "synthetic", s["bootstrap"], s["confidence"], s["seed"])
+    comparison = as_reference["synthetic_few"]["comparison"]
+    assert details["conditions"]["synthetic_few"]["comparisons"]["synthetic"] == pytest.approx(comparison)
+    assert few["p_two_level_vs_synthetic"] == pytest.approx(comparison["p_two_level"])
+    # beside the comparison with the reference, which stays
+    assert "p_value_vs_real" in few and "p_value_vs_synthetic" not in metrics["synthetic"]

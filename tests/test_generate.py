@@ -263,12 +263,21 @@ def test_blends_interpolate_the_learned_vectors(tiny_model_dir):
     s = Sampler(model)
     pa, pb = "a chest x-ray showing <bl-a>", "a chest x-ray showing <bl-b>"
     enc = s.encode_texts([pa, pb, "a chest x-ray showing <bl-mid>"])
+    # The two prompts differ only in their learned vectors, and encode differently (were they encoded alike,
+    # e.g. with the placeholders' vectors ignored, every comparison below would hold trivially).
+    gap = float((enc[0] - enc[1]).abs().max())
+    assert gap > 1e-2, gap
     for mode in ("linear", "slerp"):
         assert torch.equal(s.encode_blend(Blend(pa, pb, 0.0, mode))[0], enc[0])
         assert torch.equal(s.encode_blend(Blend(pa, pb, 1.0, mode))[0], enc[1])
+        mid = s.encode_blend(Blend(pa, pb, 0.5, mode))[0]
+        for end in enc[:2]:
+            assert float((mid - end).abs().max()) > 0.1 * gap, mode  # halfway is neither end
     torch.testing.assert_close(s.encode_blend(Blend(pa, pb, 0.5, "linear"))[0], enc[2])
     kw = dict(steps=STEPS, resolution=RES, batch_size=1)
     assert torch.equal(s.sample([Blend(pa, pb, 0.0, "slerp")], [1], **kw), s.sample([pa], [1], **kw))
+    assert torch.equal(s.sample([Blend(pa, pb, 1.0, "slerp")], [1], **kw), s.sample([pb], [1], **kw))
+    assert not torch.equal(s.sample([pa], [1], **kw), s.sample([pb], [1], **kw))
 
 
 def test_blending_prompts_of_different_lengths_warns_once_per_pair(tiny_model_dir, caplog):
@@ -294,9 +303,57 @@ def test_blending_prompts_of_different_lengths_warns_once_per_pair(tiny_model_di
 
 
 # -- embedding formats, standalone and pipeline CLI ------------------------------------------------------------
+def _redraw(rows: pd.DataFrame, vectors: dict[str, torch.Tensor], channels: dict[str, str], folder: Path):
+    """Each row's image as ``sample`` draws it (its prompt, seed and settings) on a fresh copy of the rows' base
+    model holding ``vectors`` (token -> [n, dim]), written as generation writes PNGs; returns {row path: pixels}."""
+    import numpy as np
+    from PIL import Image
+
+    from medti.generate.embedding_install import install_embeddings
+    from medti.models.loading import load_base_model
+
+    (base,) = set(rows["base_model"])
+    model = load_base_model(base)
+    install_embeddings(model, [Embedding(token, v) for token, v in vectors.items()])
+    out = {}
+    for r in rows.itertuples(index=False):
+        image = sample(model, [r.prompt], [int(r.seed)], negative_prompt=r.negative_prompt if isinstance(
+            r.negative_prompt, str) else "", steps=int(r.steps), guidance=float(r.guidance), scheduler=r.scheduler,
+            resolution=RES)[0]
+        path = folder / r.path
+        save_png(image, path, channels=channels[r.path])
+        with Image.open(path) as im:
+            out[r.path] = np.asarray(im).astype(int)
+    return out
+
+
+def assert_drawn_with(df: pd.DataFrame, out: Path, vectors: dict[str, torch.Tensor]) -> None:
+    """The set's images under ``out`` were drawn with exactly ``vectors``: redrawn with them they match (to one
+    grey level and 0.01 on average: batches of other sizes round differently), redrawn with only each
+    embedding's last vector changed every image differs by far more (so every vector counted)."""
+    import numpy as np
+    from PIL import Image
+
+    written = {}
+    for rel in df["path"]:
+        with Image.open(out / rel) as im:
+            written[rel] = (np.asarray(im).astype(int), "grey" if im.mode == "L" else "rgb")
+    channels = {rel: c for rel, (_, c) in written.items()}
+    folder = out.parent / (out.name + "-redrawn")
+    same = _redraw(df, vectors, channels, folder / "same")
+    g = torch.Generator().manual_seed(9)
+    changed = {t: torch.cat([v[:-1], v[-1:] + 3 * torch.randn(v[-1:].shape, generator=g)]) for t, v in vectors.items()}
+    other = _redraw(df, changed, channels, folder / "last-changed")
+    for rel, (pixels, _) in written.items():
+        assert np.abs(pixels - same[rel]).max() <= 1 and np.abs(pixels - same[rel]).mean() < 0.01, rel
+        # measured: a mean of 1.6-1.9 grey levels on the tiny model, 14-30 on the toy model
+        assert np.abs(pixels - other[rel]).mean() > 0.5 and np.abs(pixels - other[rel]).max() > 4, rel
+
+
 def test_standalone_cli_loads_diffusers_and_a1111_embeddings(tmp_path, capsys):
     """Three formats at once: diffusers' learned_embeds.bin (one 1-D vector) and .safetensors, and the
-    A1111 web UI's .pt; each prompt names its token and its manifest rows carry that embedding's checksum."""
+    A1111 web UI's .pt; each prompt names its token, its manifest rows carry that embedding's checksum, and its
+    images were drawn with that embedding's vectors."""
     from safetensors.torch import save_file
 
     v_bin, v_st, v_pt = _vectors(1, seed=5)[0], _vectors(2, seed=6), _vectors(3, seed=7)
@@ -318,6 +375,10 @@ def test_standalone_cli_loads_diffusers_and_a1111_embeddings(tmp_path, capsys):
     assert checks["mix"] == f"{Embedding('<fmt-st>', v_st).checksum()};{Embedding('<pt>', v_pt).checksum()}"
     assert set(df["seed"]) == {derive_seed(4, c, i) for c in ("bin", "mix") for i in range(2)}
     assert set(df["guidance"]) == {5.0} and set(df["steps"]) == {STEPS}
+    # The images were drawn with these vectors (every one of them): each is what `sample` draws for its row on
+    # a model holding the three embeddings, and not what it draws when only their last vectors differ.
+    loaded = {"<fmt-bin>": v_bin[None], "<fmt-st>": v_st, "<pt>": v_pt}
+    assert_drawn_with(df, out, loaded)
 
 
 def test_pipeline_mode_generates_every_class_with_its_templates_and_tracks(tmp_path, capsys, tracking_env):
@@ -340,6 +401,7 @@ def test_pipeline_mode_generates_every_class_with_its_templates_and_tracks(tmp_p
         "a chest x-ray showing <chest_xray-opacity>", "a frontal chest radiograph, <chest_xray-opacity>"]
     assert set(df[df["class"] == "opacity"]["label"]) == {1}
     assert dict(zip(df["class"], df["embedding_checksum"])) == {c: e.checksum() for c, e in embeddings.items()}
+    assert_drawn_with(df, out, {e.token: e.vectors for e in embeddings.values()})
     assert (out / "grid.png").is_file() and (out / "generate.json").is_file()
     client = MlflowClient(tracking_uri=tracking_env)
     run = client.search_runs([client.get_experiment_by_name("medti").experiment_id])[0]
@@ -390,14 +452,26 @@ def test_python_api_raises_the_same_errors(model):
 def test_half_precision_on_the_gpu_stays_close_to_fp32(tiny_model_dir):
     from medti.generate.jobs import Runtime
 
+    want = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
     images = {}
     for precision in ("fp32", "fp16", "bf16"):
         model, device, dtype = Runtime(base_model=str(tiny_model_dir), device="cuda", precision=precision).load()
-        images[precision] = sample(model, ["a chest x-ray", "a brain mri"], [1, 2], steps=STEPS, resolution=RES,
-                                   device=device, dtype=dtype, batch_size=2)
+        # the precision asked for is the one the UNet holds and computes in
+        assert dtype == want[precision] and next(model.unet.parameters()).dtype == want[precision]
+        assert next(model.vae.parameters()).dtype == want[precision]
+        seen: list[torch.dtype] = []
+        handle = model.unet.register_forward_hook(lambda module, args, out, seen=seen: seen.append(out.sample.dtype))
+        try:
+            images[precision] = sample(model, ["a chest x-ray", "a brain mri"], [1, 2], steps=STEPS, resolution=RES,
+                                       device=device, dtype=dtype, batch_size=2)
+        finally:
+            handle.remove()
+        assert len(seen) == STEPS and set(seen) == {want[precision]}, (precision, seen)
     for precision in ("fp16", "bf16"):
         assert torch.isfinite(images[precision]).all()
-        assert (images[precision] - images["fp32"]).abs().mean() < 0.05
+        diff = (images[precision] - images["fp32"]).abs()
+        assert diff.mean() < 0.05
+        assert diff.max() > 0, precision  # half-precision rounding shows: the images are not fp32's
 
 
 def test_every_generation_command_has_help(capsys):

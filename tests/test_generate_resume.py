@@ -227,14 +227,14 @@ def _snakemake_project(tmp_path: Path, n_per_class: int) -> Path:
     for i, cls in enumerate(("normal", "opacity")):
         vectors = torch.randn((2, 64), generator=torch.Generator().manual_seed(i))
         save_embedding(Embedding(class_token("chest_xray", cls), vectors),
-                       project / "embeddings" / "chest_xray" / f"{cls}.safetensors")
+                       project / "embeddings" / "chest_xray" / cls / "full.safetensors")  # the main variant
     return project
 
 
 def _snakemake(project: Path, *args: str) -> subprocess.Popen:
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "MEDTI_TRACKING": "0"}
     # --allowed-rules: the embeddings are given, not made (it takes several values: keep it last)
-    return subprocess.Popen([str(BIN / "snakemake"), "data/synthetic/chest_xray", "--cores", "1", *args,
+    return subprocess.Popen([str(BIN / "snakemake"), "data/synthetic/chest_xray/full", "--cores", "1", *args,
                              "--allowed-rules", "generate"], cwd=project, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
@@ -242,7 +242,7 @@ def _snakemake(project: Path, *args: str) -> subprocess.Popen:
 def test_snakemake_killed_mid_generate_then_rerun_incomplete_draws_only_the_missing_images(tmp_path):
     n_per_class = 20
     project = _snakemake_project(tmp_path, n_per_class)
-    out = project / "data" / "synthetic" / "chest_xray"
+    out = project / "data" / "synthetic" / "chest_xray" / "full"
     stage = staging_dir(out)
     proc = _snakemake(project)
     deadline = time.monotonic() + 240
@@ -266,7 +266,7 @@ def test_snakemake_killed_mid_generate_then_rerun_incomplete_draws_only_the_miss
     assert rerun.returncode == 0, log[-3000:]
     stats = json.loads((out / "generate.json").read_text())["stats"]
     assert stats == {**stats, "images": 2 * n_per_class, "skipped": staged, "generated": 2 * n_per_class - staged}
-    job_log = (project / "logs" / "generate" / "chest_xray.log").read_text()
+    job_log = (project / "logs" / "generate" / "chest_xray" / "full.log").read_text()
     assert f"resuming: {staged} of {2 * n_per_class} images are already drawn" in job_log
     assert len(read_manifest(out / "manifest.csv")) == 2 * n_per_class == len(_images(out))
     assert not stage.parent.exists()

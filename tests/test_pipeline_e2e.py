@@ -94,14 +94,18 @@ def test_snakemake_runs_the_default_pipeline_to_a_report(snakemake_project):
     html = (snakemake_project / "results" / "report" / "index.html").read_text()
     assert params["base_model"]["id"] == "toy" and "miniature world" in html and "not medical results" in html
     assert "Disease interpolation" in html and "data:image/png;base64," in html
+    variants = list(params["train_embedding"]["variants"])
     for entry in params["classes"].values():
-        emb = snakemake_project / "embeddings" / entry["modality"] / f"{entry['class']}.safetensors"
-        assert emb.is_file() and emb.stat().st_size < 300_000
+        for variant in variants:
+            emb = snakemake_project / "embeddings" / entry["modality"] / entry["class"] / f"{variant}.safetensors"
+            assert emb.is_file() and emb.stat().st_size < 300_000
     for modality in params["modalities"]:
         rejects = (snakemake_project / "data" / "prepared" / modality / "rejects.csv").read_text().splitlines()
         assert rejects[1:] == [], f"{modality}: the phantoms are all valid inputs, yet {rejects[1:]} were rejected"
         metrics = json.loads((snakemake_project / "results" / "evaluate" / f"{modality}.metrics.json").read_text())
         assert set(params["classifier"]["conditions"]) <= set(metrics)
+        assert list(metrics["variants"]) == variants  # the ablation: each variant's agreement and quality
+        assert metrics["variants"]["few"]["images"] == 5 and metrics["variants"]["full"]["images"] == 20
         assert (snakemake_project / "results" / "evaluate" / f"{modality}.roc.csv").is_file()
 
 
@@ -124,7 +128,7 @@ def test_synthetic_labels_swapped_fall_below_the_floor(snakemake_project, tmp_pa
     import pandas as pd
 
     modality = "chest_xray"
-    synthetic = snakemake_project / "data" / "synthetic" / modality
+    synthetic = snakemake_project / "data" / "synthetic" / modality / "full"
     rows = pd.read_csv(synthetic / "manifest.csv")
     classes = rows.drop_duplicates("label").sort_values("label")["class"].tolist()
     swapped = rows.assign(label=1 - rows["label"], **{"class": [classes[1 - k] for k in rows["label"]]})
@@ -164,9 +168,11 @@ def test_one_changed_parameter_reruns_only_what_depends_on_it(snakemake_project)
     with one_init_phrase_changed(snakemake_project) as params:
         proc = run([BIN / "snakemake", "-n", "--cores", CORES], snakemake_project)
     jobs = planned_jobs(proc.stdout + proc.stderr)
-    n_clf = len(params["classifier"]["conditions"]) * len(params["classifier"]["seeds"])
-    assert jobs == {"train_embedding": 1, "generate": 1, "interpolate": 1, "train_classifier": n_clf, "evaluate": 1,
-                    "report": 1, "all": 1}, jobs
+    # the class's embedding job (every variant), each variant's set, and the classifiers that draw on a set
+    drawing = [c for c, spec in params["classifier"]["conditions"].items() if spec["synthetic"] != 0]
+    n_clf = len(drawing) * len(params["classifier"]["seeds"])
+    assert jobs == {"train_embedding": 1, "generate": len(params["train_embedding"]["variants"]), "interpolate": 1,
+                    "train_classifier": n_clf, "evaluate": 1, "report": 1, "all": 1}, jobs
 
 
 def test_mlflow_has_one_tagged_run_per_job(snakemake_project):
@@ -181,7 +187,7 @@ def test_mlflow_has_one_tagged_run_per_job(snakemake_project):
         assert r.info.status == "FINISHED"
         by_stage.setdefault(r.data.tags["stage"], []).append(r)
     params = yaml.safe_load((snakemake_project / "params.yaml").read_text())
-    assert len(by_stage["train-embedding"]) == len(params["classes"])
+    assert len(by_stage["train-embedding"]) == len(params["classes"]) * len(params["train_embedding"]["variants"])
     n_clf = len(params["modalities"]) * len(params["classifier"]["conditions"]) * len(params["classifier"]["seeds"])
     assert len(by_stage["train-classifier"]) == n_clf
     run = by_stage["train-classifier"][0]
@@ -274,7 +280,7 @@ def test_embeddings_shared_through_a_dvc_remote_generate_in_a_fresh_clone(runner
     git("commit", "-qm", f"embeddings ({runner})", cwd=project)
     run([BIN / "dvc", "push"], project)  # the default remote: a real folder beside the project
     params = yaml.safe_load((project / "params.yaml").read_text())
-    generated = f"{params['generate']['out']}/{DVC_MODALITY}"
+    generated = f"{params['generate']['out']}/{DVC_MODALITY}/full"  # the main variant's set
 
     def fresh_clone(name: str) -> Path:
         """A colleague's clone with the embeddings pulled, and no images: neither raw nor prepared."""
@@ -282,13 +288,14 @@ def test_embeddings_shared_through_a_dvc_remote_generate_in_a_fresh_clone(runner
         run(["git", "clone", "-q", str(project), str(clone)], project.parent)
         run([BIN / "dvc", "pull", "train_embedding"], clone)
         for entry in params["classes"].values():
-            assert (clone / "embeddings" / entry["modality"] / f"{entry['class']}.safetensors").is_file()
+            for variant in params["train_embedding"]["variants"]:
+                assert (clone / "embeddings" / entry["modality"] / entry["class"] / f"{variant}.safetensors").is_file()
         assert not (clone / "data" / "raw").exists() and not (clone / params["prepare"]["out"]).exists()
         return clone
 
     # DVC: `dvc repro` of one generation stage
     clone = fresh_clone("colleague")
-    proc = run([BIN / "dvc", "repro", "--single-item", f"generate@{DVC_MODALITY}"], clone)
+    proc = run([BIN / "dvc", "repro", "--single-item", f"generate@{DVC_MODALITY}-full"], clone)
     assert "train_embedding" not in proc.stdout
     assert (clone / generated / "manifest.csv").is_file()
     # ... which Snakemake, once the times are restored, takes as up to date
@@ -303,5 +310,5 @@ def test_embeddings_shared_through_a_dvc_remote_generate_in_a_fresh_clone(runner
     assert planned_jobs(proc.stdout + proc.stderr) == {"generate": 1}, proc.stdout + proc.stderr
     run([BIN / "snakemake", "--cores", CORES, generated], clone)
     assert (clone / generated / "manifest.csv").is_file()
-    status = run([BIN / "dvc", "status", f"generate@{DVC_MODALITY}"], clone).stdout
+    status = run([BIN / "dvc", "status", f"generate@{DVC_MODALITY}-full"], clone).stdout
     assert "up to date" in status, status

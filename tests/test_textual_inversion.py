@@ -177,18 +177,26 @@ def test_loss_matches_diffusers_reference(tiny_model_dir, v_prediction_model, pr
 
 
 def test_gradient_checkpointing_gives_the_same_vectors(tiny_model_dir):
+    """With and without gradient checkpointing the same steps give the same vectors, and those vectors have
+    trained: every one moved from its start by far more than the tolerance of the comparison (two runs that
+    both failed to train would agree too)."""
     from medti.textual_inversion.trainer import EmbeddingTrainer
 
     pixels = torch.from_numpy(draw_shapes("disc", 4, 0)).unsqueeze(1).expand(-1, 3, -1, -1).contiguous()
-    vectors = []
+    vectors, starts = [], []
     for checkpointing in (False, True):
         m = load_tiny(tiny_model_dir)
         trainer = EmbeddingTrainer(m, quick(steps=3, gradient_checkpointing=checkpointing), pixels,
                                    torch.device("cpu"), torch.float32)
+        starts.append(trainer.learned_vectors())
         for _ in range(3):
             trainer.train_step()
         assert m.unet.is_gradient_checkpointing == checkpointing
         vectors.append(trainer.learned_vectors())
+    torch.testing.assert_close(starts[1], starts[0], rtol=0, atol=0)
+    for start, end in zip(starts, vectors):
+        moved = (end - start).abs().max(dim=1).values  # per vector
+        assert bool((moved > 1e-3).all()), moved  # lr 1e-2, 3 Adam steps: ~1e-2 per element per step
     torch.testing.assert_close(vectors[1], vectors[0], rtol=0, atol=1e-6)
 
 
@@ -233,6 +241,15 @@ def test_gpu_run_writes_an_fp32_embedding_that_moved(tmp_path, tiny_model_dir):
     emb = load_embedding(out)
     assert emb.vectors.dtype == torch.float32 and emb.vectors.shape == (2, 64)
     assert torch.isfinite(emb.vectors).all()
+    # "moved": every vector left its start (the init words' embeddings) by far more than bf16/fp16 rounding
+    from medti.textual_inversion.text import initial_vectors
+
+    s = quick()
+    m = load_tiny(tiny_model_dir)
+    start = initial_vectors(m.tokenizer, m.text_encoder, s.init, s.num_vectors, s.init_words, seed=s.seed)
+    assert start.shape == emb.vectors.shape
+    moved = (emb.vectors - start).abs().max(dim=1).values
+    assert bool((moved > 1e-2).all()), moved  # lr 5e-2 for 20 Adam steps
     assert result.stats["device"].startswith("cuda") and result.stats["dtype"] in ("bfloat16", "float16")
     assert math.isfinite(result.stats["loss_last"]) and result.stats["peak_memory_mb"] > 0
     assert not ckpt.exists()  # removed once the outputs are written

@@ -99,23 +99,12 @@ def test_the_toy_model_is_shipped_small_pretrained_and_loads_offline():
 
 
 def _sample(model, prompt: str, n: int, seed: int) -> torch.Tensor:
-    from diffusers import DPMSolverMultistepScheduler
+    """``n`` images of ``prompt`` drawn by medti's own sampler (as generate draws them), grey in [0, 1]."""
+    from medti.generate.sampling import sample
 
-    sched = DPMSolverMultistepScheduler.from_config(model.noise_scheduler.config)
-    ids = model.tokenizer([prompt, ""], padding="max_length", max_length=model.max_length,
-                          return_tensors="pt").input_ids
-    with torch.no_grad():
-        cond, uncond = model.text_encoder(ids)[0].chunk(2)
-        g = torch.Generator().manual_seed(seed)
-        x = torch.randn((n, 4, 16, 16), generator=g)
-        sched.set_timesteps(20)
-        x = x * sched.init_noise_sigma
-        for t in sched.timesteps:
-            inp = sched.scale_model_input(torch.cat([x, x]), t)
-            e_c, e_u = model.unet(inp, t, torch.cat([cond.expand(n, -1, -1), uncond.expand(n, -1, -1)])).sample.chunk(2)
-            x = sched.step(e_u + 4.0 * (e_c - e_u), t, x).prev_sample
-        img = model.vae.decode(x / model.vae.config.scaling_factor).sample
-    return ((img.clamp(-1, 1) + 1) / 2).mean(dim=1)  # grey, 0-1
+    images = sample(model, [prompt] * n, [seed * 1000 + i for i in range(n)], steps=20, guidance=4.0,
+                    scheduler="dpmsolver++", batch_size=n)
+    return images.mean(dim=1)
 
 
 def test_the_toy_model_draws_what_its_visual_words_say():

@@ -74,8 +74,13 @@ def test_dry_run_plans_every_stage_per_modality_class_condition_and_seed():
     n_mod = len(params["modalities"])
     assert counts["phantoms"] == len(params["phantoms"]["modalities"])
     assert counts["prepare"] == n_mod
-    assert counts["train_embedding"] == len(params["classes"])
-    assert counts["generate"] == n_mod and counts["interpolate"] == n_mod
+    assert counts["train_embedding"] == len(params["classes"])  # a job per class trains its variants
+    n_variants = len(params["train_embedding"]["variants"])
+    assert n_variants == 2  # the default run shows the embedding-size ablation
+    assert counts["generate"] == n_mod * n_variants and counts["interpolate"] == n_mod
+    generate = sorted(j.command for j in jobs if j.name == "generate")
+    assert any("--variant few --embeddings embeddings/chest_xray --out data/synthetic/chest_xray/few" in c
+               for c in generate)
     runs = len(params["classifier"]["conditions"]) * len(params["classifier"]["seeds"])
     assert counts["train_classifier"] == n_mod * runs
     assert counts["evaluate"] == n_mod and counts["report"] == 1
@@ -98,7 +103,7 @@ def test_drift_between_the_two_is_reported(tmp_path):
     assert problems and all("commands differ" in p for p in problems)
     assert any("train_classifier" in p for p in problems)
     # an output renamed on one side only is reported from both sides
-    outs = "outs:\n        - ${generate.out}/${key}"
+    outs = "outs:\n      - ${generate.out}/${item.modality}/${item.variant}"
     (project / "dvc.yaml").write_text(dvc_yaml.replace(outs, outs + "-v2"))
     problems = check(project)
     assert any("no dvc.yaml stage has these outputs" in p for p in problems)

@@ -29,7 +29,7 @@ Python API (imported lazily, so ``import medti.classifier`` loads no torch)::
     net, spec = load_classifier("runs/real/seed0")
 
 Parts: :mod:`~medti.classifier.settings` (ClassifierSettings), :mod:`~medti.classifier.data` (the images of
-an experiment), :mod:`~medti.classifier.networks` (MONAI networks, prediction),
+an experiment), :mod:`~medti.classifier.networks` (ResNet and DenseNet in torchvision's layout, prediction),
 :mod:`~medti.classifier.training` (fit, train_classifier), :mod:`~medti.classifier.outputs` (the run's files
 and figures), :mod:`~medti.classifier.cli` (the command).
 """

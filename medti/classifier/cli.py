@@ -4,7 +4,8 @@ tested once on the held-out real test split (the protocol: ``help(medti.classifi
 Pipeline mode: ``--params params.yaml --modality M --condition K --seed S``: the settings are params.yaml's
 ``classifier`` (the modality's overrides merged in), the condition's counts its ``classifier.conditions.K``,
 and the inputs and output default to the params paths: ``--real <prepare.out>/M/manifest.csv``,
-``--synthetic <generate.out>/M/manifest.csv``, ``--out <classifier.out>/M/K/seedS``.
+``--synthetic <generate.out>/M`` (the modality's synthetic sets, one folder per embedding variant: the condition's
+``variant`` is used), ``--out <classifier.out>/M/K/seedS``.
 
 Standalone: ``--real MANIFEST [--synthetic MANIFEST] --out DIR [--real-count N|all] [--synthetic-count N|all]
 [--classes a,b]`` (defaults: all real images, and all synthetic ones when ``--synthetic`` is given).
@@ -39,7 +40,9 @@ def add_parser(sub) -> None:
                                                         "in pipeline mode): how many real and synthetic images")
     io = p.add_argument_group("inputs and outputs (pipeline mode: default from params.yaml's paths)")
     io.add_argument("--real", metavar="MANIFEST", help="the prepared (real) manifest: train/val/test")
-    io.add_argument("--synthetic", metavar="MANIFEST", help="the synthetic manifest (medti generate)")
+    io.add_argument("--synthetic", metavar="MANIFEST|DIR",
+                    help="the synthetic manifest (medti generate); pipeline mode also a folder of sets, one per "
+                         "embedding variant, of which the condition's is used")
     io.add_argument("--out", metavar="DIR", help="the run's output folder")
     io.add_argument("--seed", type=int, default=0, help="seed of everything random in the run (default 0)")
     io.add_argument("--checkpoint-dir", metavar="DIR",
@@ -86,7 +89,7 @@ def settings_overrides(args: argparse.Namespace) -> dict:
 def pipeline_paths(params: dict, modality: str, condition: str, seed: int) -> dict[str, Path]:
     """Where pipeline mode reads and writes when the flags leave it open (params.yaml's paths)."""
     return {"real": params_folder(params, "prepare.out") / modality / "manifest.csv",
-            "synthetic": params_folder(params, "generate.out") / modality / "manifest.csv",
+            "synthetic": params_folder(params, "generate.out") / modality,
             "out": params_folder(params, "classifier.out") / modality / condition / f"seed{seed}"}
 
 

@@ -1,12 +1,15 @@
-"""The diagnostic classifier's network: a 2D ResNet or DenseNet-121 from MONAI (no torchvision needed).
+"""The diagnostic classifier's network: a 2D ResNet or DenseNet-121 in torchvision's layout, in plain torch.
+
+The networks are written here (about a hundred lines) rather than imported: MONAI's took 9 s to import on two
+CPU cores, more than a default classifier job's training, and torchvision pulls a CUDA torch. Layer names and
+shapes are torchvision's, so its ImageNet release files load as they are.
 
 Networks are trained from scratch by default. ``pretrained: imagenet`` (or true) starts from ImageNet weights:
 torchvision's release file (``resnet18-f37072fd.pth`` and its kin, :data:`IMAGENET_URLS`), read offline from the
 torch hub cache, ``$TORCH_HOME/hub/checkpoints/`` (``~/.cache/torch/hub/checkpoints/`` without TORCH_HOME),
 or from the path ``pretrained`` names instead. medti never downloads it: place the file there once (``curl -L
 -o "$TORCH_HOME/hub/checkpoints/resnet18-f37072fd.pth" https://download.pytorch.org/models/resnet18-f37072fd.pth``).
-torchvision is not needed: MONAI's ResNet has torchvision's layout and names (its DenseNet's layer names are
-mapped); every weight but the last layer's (a new head for this task's classes) is loaded.
+Every weight but the last layer's (a new head for this task's classes) is loaded.
 Inputs are always normalised with the ImageNet mean and standard deviation, so both start the same way.
 """
 
@@ -14,12 +17,13 @@ from __future__ import annotations
 
 import os
 import re
+from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from monai.networks.nets import DenseNet121, ResNet
 from torch import nn
+from torch.nn import functional as F
 
 from medti.errors import ConfigError, ModelError
 
@@ -55,18 +59,113 @@ class NetworkSpec:
                    size=int(d["size"]), classes=tuple(d.get("classes", ())))
 
 
+class BasicBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.downsample = (nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+                           if stride != 1 or cin != cout else None)
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + (x if self.downsample is None else self.downsample(x)))
+
+
+class ResNet(nn.Module):
+    """torchvision's ResNet with basic blocks (7x7 stride-2 stem, max pool, projection shortcuts), every stage's
+    channels times ``width``."""
+
+    def __init__(self, layers: list[int], num_classes: int, width: float = 1.0):
+        super().__init__()
+        planes = [max(1, int(c * width)) for c in (64, 128, 256, 512)]
+        self.conv1 = nn.Conv2d(3, planes[0], 7, 2, 3, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes[0])
+        self.maxpool = nn.MaxPool2d(3, 2, 1)
+        cin = planes[0]
+        for i, (n, cout) in enumerate(zip(layers, planes)):
+            blocks = [BasicBlock(cin if b == 0 else cout, cout, 2 if b == 0 and i > 0 else 1) for b in range(n)]
+            setattr(self, f"layer{i + 1}", nn.Sequential(*blocks))
+            cin = cout
+        self.fc = nn.Linear(cin, num_classes)
+        _init(self)
+
+    def forward(self, x):
+        x = self.maxpool(F.relu(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+class DenseLayer(nn.Module):
+    def __init__(self, cin: int, growth: int, bn_size: int = 4):
+        super().__init__()
+        self.norm1 = nn.BatchNorm2d(cin)
+        self.relu1 = nn.ReLU(inplace=True)
+        self.conv1 = nn.Conv2d(cin, bn_size * growth, 1, bias=False)
+        self.norm2 = nn.BatchNorm2d(bn_size * growth)
+        self.relu2 = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(bn_size * growth, growth, 3, 1, 1, bias=False)
+
+    def forward(self, x):
+        return torch.cat([x, self.conv2(self.relu2(self.norm2(self.conv1(self.relu1(self.norm1(x))))))], 1)
+
+
+class DenseNet(nn.Module):
+    """torchvision's DenseNet-121 (blocks 6/12/24/16, bottleneck 4, compression 0.5) with ``init_features`` and
+    ``growth`` scaled by the caller."""
+
+    def __init__(self, num_classes: int, init_features: int = 64, growth: int = 32,
+                 blocks: tuple[int, ...] = (6, 12, 24, 16)):
+        super().__init__()
+        layers = [("conv0", nn.Conv2d(3, init_features, 7, 2, 3, bias=False)),
+                  ("norm0", nn.BatchNorm2d(init_features)), ("relu0", nn.ReLU(inplace=True)),
+                  ("pool0", nn.MaxPool2d(3, 2, 1))]
+        c = init_features
+        for i, n in enumerate(blocks):
+            block = nn.Sequential()
+            for j in range(n):
+                block.add_module(f"denselayer{j + 1}", DenseLayer(c + j * growth, growth))
+            layers.append((f"denseblock{i + 1}", block))
+            c += n * growth
+            if i < len(blocks) - 1:
+                layers.append((f"transition{i + 1}", nn.Sequential(
+                    OrderedDict(norm=nn.BatchNorm2d(c), relu=nn.ReLU(inplace=True),
+                                conv=nn.Conv2d(c, c // 2, 1, bias=False), pool=nn.AvgPool2d(2, 2)))))
+                c //= 2
+        layers.append(("norm5", nn.BatchNorm2d(c)))
+        self.features = nn.Sequential(OrderedDict(layers))
+        self.classifier = nn.Linear(c, num_classes)
+        _init(self)
+
+    def forward(self, x):
+        x = F.relu(self.features(x))
+        return self.classifier(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+def _init(net: nn.Module) -> None:
+    """torchvision's initialisation: He-normal convolutions (fan out), unit batch norms, zero biases."""
+    for m in net.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear):
+            nn.init.zeros_(m.bias)
+
+
 def build_network(spec: NetworkSpec, pretrained: bool | str | os.PathLike = False) -> nn.Module:
-    """A MONAI 2D network for ``spec``; ImageNet weights (all but the new last layer) when ``pretrained`` is
-    true or ``imagenet`` (torchvision's file in the torch hub cache) or the path of such a file."""
+    """A 2D network for ``spec``; ImageNet weights (all but the new last layer) when ``pretrained`` is true or
+    ``imagenet`` (torchvision's file in the torch hub cache) or the path of such a file."""
     path = check_pretrained(spec.arch, spec.width, pretrained)
     if spec.arch in RESNET_LAYERS:
-        # The torchvision layout: 7x7 stride-2 stem, max pool, type-B shortcuts without a bias.
-        net = ResNet(block="basic", layers=RESNET_LAYERS[spec.arch], block_inplanes=[64, 128, 256, 512],
-                     spatial_dims=2, n_input_channels=3, conv1_t_size=7, conv1_t_stride=2, shortcut_type="B",
-                     widen_factor=spec.width, num_classes=spec.num_classes, bias_downsample=False)
+        net = ResNet(RESNET_LAYERS[spec.arch], spec.num_classes, spec.width)
     else:
-        net = DenseNet121(spatial_dims=2, in_channels=3, out_channels=spec.num_classes,
-                          init_features=max(1, round(64 * spec.width)), growth_rate=max(1, round(32 * spec.width)))
+        net = DenseNet(spec.num_classes, init_features=max(1, round(64 * spec.width)),
+                       growth=max(1, round(32 * spec.width)))
     if path is not None:
         load_imagenet(net, spec.arch, path)
     return net
@@ -118,7 +217,7 @@ def load_imagenet(net: nn.Module, arch: str, path: str | os.PathLike) -> None:
         raise ModelError(f"classifier.pretrained: {path}: holds a {type(state).__name__}, not a state dict")
     state = {k.removeprefix("module."): v for k, v in state.items()}
     if arch == "densenet121":
-        state = _densenet_keys(state)
+        state = _densenet_keys(state)  # the release file's older names (denselayer1.norm.1)
     own = net.state_dict()
     last = {f"{name}.{p}" for name in (_head_name(net),) for p in ("weight", "bias")}
     usable = {k: v for k, v in state.items() if k in own and k not in last}
@@ -132,17 +231,27 @@ def load_imagenet(net: nn.Module, arch: str, path: str | os.PathLike) -> None:
 
 
 def _densenet_keys(state: dict) -> dict:
-    """torchvision DenseNet names (``denselayer1.norm1``) -> MONAI's (``denselayer1.layers.norm1``)."""
-    pattern = re.compile(r"^(.*denselayer\d+)\.((?:norm|relu|conv)[12]\.(?:weight|bias|running_mean|running_var))$")
+    """torchvision's DenseNet release files name layers as before its 0.3 release (``denselayer1.norm.1``);
+    its own loader renames them to ``denselayer1.norm1`` as here."""
+    pattern = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.([12]\.(?:weight|bias|running_mean|running_var))$")
     out = {}
     for key, value in state.items():
         m = pattern.match(key)
-        out[f"{m.group(1)}.layers.{m.group(2)}" if m else key] = value
+        out[m.group(1) + m.group(2) if m else key] = value
+    return out
+
+
+def legacy_keys(state: dict) -> dict:
+    """A state dict saved by earlier medti releases (MONAI's DenseNet names) in today's names; others unchanged."""
+    out = {}
+    for key, value in state.items():
+        key = re.sub(r"(denselayer\d+)\.layers\.", r"\1.", key)
+        out[key.replace("class_layers.out.", "classifier.")] = value
     return out
 
 
 def _head_name(net: nn.Module) -> str:
-    return "fc" if hasattr(net, "fc") and isinstance(net.fc, nn.Linear) else "class_layers.out"
+    return "fc" if isinstance(net, ResNet) else "classifier"
 
 
 def head(net: nn.Module) -> nn.Linear:

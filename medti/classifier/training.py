@@ -24,11 +24,11 @@ import torch.nn.functional as F
 from medti.atomic import atomic_dir, sweep_stale_temporaries
 from medti.checkpoint import CheckpointStore, checkpoint_dir_for, fingerprint
 from medti.classifier.data import ExperimentData, condition_counts, load_experiment
-from medti.classifier.networks import NetworkSpec, build_network, check_pretrained, predict, standardise
+from medti.classifier.networks import NetworkSpec, build_network, check_pretrained, legacy_keys, predict, standardise
 from medti.classifier.outputs import write_outputs
 from medti.classifier.settings import ClassifierSettings
+from medti.config import condition_variant, project_root, stage
 from medti.config import modality as modality_of
-from medti.config import project_root, stage
 from medti.errors import ConfigError, InputError, TrainingError
 from medti.evaluate.statistics import auc
 from medti.hashing import sha256_of
@@ -261,12 +261,13 @@ def train_classifier(real_manifest: PathLike, out: PathLike, *, settings: Classi
                      real_count: int | None = None, synthetic_count: int | None = 0, seed: int = 0,
                      modality: str | None = None, classes: list[str] | None = None, condition: str | None = None,
                      params: dict | None = None, threads: int | None = None,
-                     checkpoint_dir: PathLike | None = None) -> ClassifierResult:
+                     checkpoint_dir: PathLike | None = None, variant: str | None = None) -> ClassifierResult:
     """Train one classifier and write its folder ``out``; see the module docstring for the protocol.
 
     ``real_count``/``synthetic_count``: None for all, or a count (a class-stratified random subset).
     ``params`` is used for tracking (MLflow run in the project's store) and to find the project root, under
-    which checkpoints go unless ``checkpoint_dir`` is given.
+    which checkpoints go unless ``checkpoint_dir`` is given. ``variant``: the embedding variant the synthetic
+    images come from (recorded in metrics.json and the tracked run).
     """
     settings = (settings or ClassifierSettings()).validate()
     out = Path(out)
@@ -283,7 +284,8 @@ def train_classifier(real_manifest: PathLike, out: PathLike, *, settings: Classi
                        classes=tuple(data.classes))
     net = build_network(spec, pretrained=settings.pretrained).to(device)
     name = "/".join(str(p) for p in (modality, condition, f"seed{seed}") if p is not None)
-    tags = {"modality": modality, "condition": condition, "seed": seed}
+    variant = variant if data.n_synthetic else None
+    tags = {"modality": modality, "condition": condition, "seed": seed, "variant": variant}
     inputs = {"real": real_manifest, "synthetic": synthetic_manifest if data.n_synthetic else None}
     store = None
     if 0 < settings.checkpoint_every < settings.steps:
@@ -295,11 +297,12 @@ def train_classifier(real_manifest: PathLike, out: PathLike, *, settings: Classi
         with track(params, "train-classifier", run_name=name, tags=tags, inputs=inputs) as tracker:
             tracker.log_params({"classifier": settings.to_dict(), "condition": condition, "seed": seed,
                                 "modality": modality, "classes": ",".join(data.classes), "n_real": data.n_real,
-                                "n_synthetic": data.n_synthetic})
+                                "n_synthetic": data.n_synthetic, "variant": variant})
             started = time.perf_counter()
             history, state, best_step, best_val = fit(net, data, settings, seed, tracker, store)
             seconds = time.perf_counter() - started
             metrics, probs, title = _test(net, state, data, settings, best_step, best_val, seed, name)
+            metrics["variant"] = variant
             with atomic_dir(out) as tmp:
                 write_outputs(tmp, state, spec, settings, data, history, metrics, probs, title)
             tracker.log_metrics({"test_auc": metrics["test_auc"], "best_val_auc": best_val, "best_step": best_step,
@@ -341,9 +344,16 @@ def _test(net, state, data, settings, best_step: int, best_val: float, seed: int
 def train_from_params(params: dict, modality: str, condition: str, seed: int, real_manifest: PathLike,
                       synthetic_manifest: PathLike | None, out: PathLike, threads: int | None = None,
                       checkpoint_dir: PathLike | None = None, **overrides) -> ClassifierResult:
-    """The pipeline form: settings and the condition's counts from params.yaml (``overrides`` on top)."""
+    """The pipeline form: settings and the condition's counts from params.yaml (``overrides`` on top).
+    ``synthetic_manifest``: a synthetic set's manifest, or the folder of a modality's sets, one per embedding
+    variant (``<variant>/manifest.csv``), of which the condition's variant is used."""
     classes = modality_of(params, modality)["classes"]
     real_count, synthetic_count = condition_counts(params, condition)
+    variant = condition_variant(params, condition)
+    if synthetic_count == 0:
+        synthetic_manifest = None  # a real-only condition reads no synthetic set
+    elif synthetic_manifest is not None and Path(synthetic_manifest).is_dir():
+        synthetic_manifest = Path(synthetic_manifest) / variant / "manifest.csv"
     settings = ClassifierSettings.from_section(stage(params, "classifier", modality), **overrides)
     weights = settings.pretrained
     if isinstance(weights, str) and weights != "imagenet" and not Path(weights).expanduser().is_absolute():
@@ -351,7 +361,7 @@ def train_from_params(params: dict, modality: str, condition: str, seed: int, re
     return train_classifier(real_manifest, out, settings=settings, synthetic_manifest=synthetic_manifest,
                             real_count=real_count, synthetic_count=synthetic_count, seed=seed, modality=modality,
                             classes=classes, condition=condition, params=params, threads=threads,
-                            checkpoint_dir=checkpoint_dir)
+                            checkpoint_dir=checkpoint_dir, variant=variant)
 
 
 def load_classifier(folder: PathLike, device: str = "cpu") -> tuple[torch.nn.Module, NetworkSpec]:
@@ -362,7 +372,7 @@ def load_classifier(folder: PathLike, device: str = "cpu") -> tuple[torch.nn.Mod
             raise InputError(f"{folder}: not a trained classifier ({name} is missing)")
     spec = NetworkSpec.from_dict(json.loads((folder / "model.json").read_text())["network"])
     net = build_network(spec)
-    net.load_state_dict(torch.load(folder / "model.pt", map_location="cpu", weights_only=True))
+    net.load_state_dict(legacy_keys(torch.load(folder / "model.pt", map_location="cpu", weights_only=True)))
     return net.to(device).eval(), spec
 
 

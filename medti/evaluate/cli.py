@@ -4,13 +4,19 @@ and a memorisation audit (the outputs: ``help(medti.evaluate)``).
 Pipeline mode: ``--params params.yaml --modality M``: the settings are params.yaml's ``evaluate`` (the
 modality's overrides merged in) and its ``seed``, the runs its ``classifier.conditions`` x ``classifier.seeds``,
 and the inputs and outputs default to the params paths: ``--classifiers <classifier.out>/M``, ``--real
-<prepare.out>/M/manifest.csv``, ``--synthetic <generate.out>/M/manifest.csv``, ``--embeddings
-<train_embedding.out>/M``, ``--out <evaluate.out>/M``, ``--metrics <evaluate.out>/M.metrics.json``, ``--roc
-<evaluate.out>/M.roc.csv``.
+<prepare.out>/M/manifest.csv``, ``--synthetic <generate.out>/M`` (one ``<variant>/manifest.csv`` per
+``train_embedding.variants``), ``--embeddings <train_embedding.out>/M`` (``<class>/<variant>.safetensors``),
+``--out <evaluate.out>/M``, ``--metrics <evaluate.out>/M.metrics.json``, ``--roc <evaluate.out>/M.roc.csv``;
+each condition's variant is its ``classifier.conditions.<c>.variant``.
 
-Standalone: ``--classifiers DIR --real MANIFEST --out DIR [--synthetic MANIFEST] [--embeddings DIR]``; the
-runs are the ``<condition>/seed<N>`` folders found (or ``--conditions``/``--seeds``), metrics.json and roc.csv
+Standalone: ``--classifiers DIR --real MANIFEST --out DIR [--synthetic MANIFEST|DIR] [--embeddings DIR]``; the
+runs are the ``<condition>/seed<N>`` folders found (or ``--conditions``/``--seeds``), the variants the
+``<variant>/manifest.csv`` folders found (a single manifest: one set, the main variant), metrics.json and roc.csv
 go into ``--out`` unless ``--metrics``/``--roc`` say otherwise.
+
+Either mode: ``--interpolate DIR`` (the modality's ``medti interpolate`` folder, ``<interpolate.out>/M``; only
+where given) has the real-only classifiers judge its healthy-to-diseased sweeps: per weight, the share of the
+images put in the sweep's target class (evaluate.json and metrics.json ``sweeps``, sweep_judgement.png).
 
 Settings flags are params.yaml's ``evaluate`` keys (``quality.*`` and ``memorisation.*`` by their own name;
 ``quality.reference`` is ``--quality-reference``, ``memorisation.size`` and ``memorisation.level`` are
@@ -41,8 +47,14 @@ def add_parser(sub) -> None:
     io.add_argument("--classifiers", metavar="DIR",
                     help="the modality's classifier runs: DIR/<condition>/seed<N>/ (medti train-classifier)")
     io.add_argument("--real", metavar="MANIFEST", help="the prepared (real) manifest")
-    io.add_argument("--synthetic", metavar="MANIFEST", help="the synthetic manifest (quality and memorisation)")
-    io.add_argument("--embeddings", metavar="DIR", help="the modality's embeddings, <class>.safetensors (checksums)")
+    io.add_argument("--synthetic", metavar="DIR|MANIFEST",
+                    help="the synthetic sets, DIR/<variant>/manifest.csv (or one manifest: the main variant's), "
+                         "for quality, agreement and memorisation")
+    io.add_argument("--embeddings", metavar="DIR",
+                    help="the modality's embeddings, <class>/<variant>.safetensors or <class>.safetensors (checksums)")
+    io.add_argument("--interpolate", metavar="DIR",
+                    help="the modality's medti interpolate folder (interpolate.csv): the real-only classifiers judge "
+                         "its sweeps (default: none, in either mode)")
     io.add_argument("--out", metavar="DIR", help="output folder")
     io.add_argument("--metrics", metavar="FILE", help="write metrics.json here instead of into --out")
     io.add_argument("--roc", metavar="FILE", help="write roc.csv (ROC plot data) here instead of into --out")
@@ -84,7 +96,7 @@ def pipeline_paths(params: dict, modality: str) -> dict[str, Path]:
     evaluated = params_folder(params, "evaluate.out")
     return {"classifiers": params_folder(params, "classifier.out") / modality,
             "real": params_folder(params, "prepare.out") / modality / "manifest.csv",
-            "synthetic": params_folder(params, "generate.out") / modality / "manifest.csv",
+            "synthetic": params_folder(params, "generate.out") / modality,  # <variant>/manifest.csv
             "embeddings": params_folder(params, "train_embedding.out") / modality,
             "out": evaluated / modality, "metrics": evaluated / f"{modality}.metrics.json",
             "roc": evaluated / f"{modality}.roc.csv"}
@@ -107,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
         evaluate_from_params(params, modality, *(given[k] or paths[k] for k in ("classifiers", "real", "synthetic",
                                                                                 "embeddings", "out")),
                              metrics_file=given["metrics"] or paths["metrics"], roc_file=given["roc"] or paths["roc"],
-                             conditions=conditions, seeds=seeds, **overrides)
+                             conditions=conditions, seeds=seeds, interpolate=args.interpolate, **overrides)
         return 0
     missing = [f"--{k}" for k in ("classifiers", "real", "out") if getattr(args, k) is None]
     if missing:
@@ -117,5 +129,5 @@ def run(args: argparse.Namespace) -> int:
 
     evaluate(args.classifiers, args.real, args.out, synthetic_manifest=args.synthetic, embeddings=args.embeddings,
              conditions=conditions, seeds=seeds, settings=EvaluateSettings.from_section({}, **overrides),
-             metrics_file=args.metrics, roc_file=args.roc)
+             metrics_file=args.metrics, roc_file=args.roc, interpolate=args.interpolate)
     return 0

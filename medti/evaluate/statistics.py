@@ -309,7 +309,7 @@ def compare(labels, sets_a, sets_b, boot_a: np.ndarray, boot_b: np.ndarray, conf
 # -- a table of conditions -----------------------------------------------------------------------------------
 
 def summarise_conditions(labels, score_sets: dict[str, list], reference: str, n_boot: int, confidence: float,
-                         seed: int = 0) -> dict[str, dict]:
+                         seed: int = 0, pairs: dict[str, str] | None = None) -> dict[str, dict]:
     """Per condition (a list of score sets, one per seed, all on the same test cases): the seeds' AUCs, their
     mean and standard deviation, a bootstrap interval of the mean AUC and, for every condition but
     ``reference``, the paired comparison with it (:class:`Comparison`, under ``"comparison"``).
@@ -318,10 +318,19 @@ def summarise_conditions(labels, score_sets: dict[str, list], reference: str, n_
     the standard deviation reflects the seeds (initial weights, batches, the subsets drawn);
     ``two_level_ci_low``-``two_level_ci_high`` both (seeds, then cases, resampled: :func:`two_level_means`; None
     with one seed). The case resamples, and so every case-level figure, do not depend on the seed draws.
+
+    ``pairs`` (condition -> another condition): further comparisons beside the one with ``reference``, e.g. a
+    condition on a smaller embedding variant against the one with the same amounts on the main variant; each
+    on the same case resamples and seed draws as every other figure, under ``"comparisons"`` (``{other:
+    Comparison dict}``). Without it the table is as it always was.
     """
     labels = np.asarray(labels, dtype=int)
     if reference not in score_sets:
         raise InputError(f"evaluate.reference: condition '{reference}' has no classifier runs "
+                         f"(have: {', '.join(score_sets)})")
+    unknown = sorted({c for pair in (pairs or {}).items() for c in pair} - set(score_sets))
+    if unknown:
+        raise InputError(f"comparison of condition(s) {', '.join(unknown)}: no classifier runs "
                          f"(have: {', '.join(score_sets)})")
     boot = bootstrap_aucs(labels, score_sets, n_boot, seed)
     seed_rng = np.random.default_rng([seed, 1])  # a stream of its own: the case resamples stay as they were
@@ -340,4 +349,8 @@ def summarise_conditions(labels, score_sets: dict[str, list], reference: str, n_
             entry["comparison"] = compare(labels, sets, score_sets[reference], boot[name], boot[reference],
                                           confidence, two_level[name], two_level[reference]).to_dict()
         out[name] = entry
+    for name, other in (pairs or {}).items():
+        out[name].setdefault("comparisons", {})[other] = compare(
+            labels, score_sets[name], score_sets[other], boot[name], boot[other], confidence, two_level[name],
+            two_level[other]).to_dict()
     return out

@@ -17,8 +17,11 @@ def add_parser(sub) -> None:
                     "--out DIR. Prompts may weight sub-prompts: 'healthy:0.3 AND diseased:0.7'. A killed run "
                     "resumes where it stopped; --shard K/N splits the work, merge-shards joins it."))
     add_pipeline(g, what="the modality whose classes to generate")
-    g.add_argument("--embeddings", metavar="DIR", help="pipeline mode: folder with <class>.safetensors per class "
-                                                       "(default: <train_embedding.out>/<modality>)")
+    g.add_argument("--embeddings", metavar="DIR", help="pipeline mode: the modality's embeddings, "
+                                                       "<class>/<variant>.safetensors (default: "
+                                                       "<train_embedding.out>/<modality>)")
+    g.add_argument("--variant", metavar="NAME", help="pipeline mode: the embedding variant to draw with "
+                                                     "(default: the first of train_embedding.variants)")
     g.add_argument("--embedding", action="append", default=[], metavar="[TOKEN=]FILE",
                    help="standalone: an embedding file (medti/diffusers .safetensors, .bin, A1111 .pt); repeatable")
     g.add_argument("--prompt", action="append", default=[], help="standalone: a prompt (one class each); repeatable")
@@ -26,7 +29,7 @@ def add_parser(sub) -> None:
                    help="standalone: the class of each --prompt, in order (default: class0, class1, ...)")
     g.add_argument("--n", type=int, default=None, help="images per class (params: generate.n_per_class)")
     g.add_argument("--out", metavar="DIR", help="output folder: PNGs, manifest.csv, grid.png (pipeline default: "
-                                                "<generate.out>/<modality>)")
+                                                "<generate.out>/<modality>/<variant>)")
     g.add_argument("--shard", metavar="K/N", help="draw only shard K of N (1-based); join with merge-shards")
     _add_sampling(g)
     g.set_defaults(func=_generate)
@@ -43,8 +46,9 @@ def add_parser(sub) -> None:
                     "class (and combines all disease classes when there are several). Standalone: --from PROMPT "
                     "--to PROMPT and/or --combine PROMPT --combine PROMPT with --base-model and --embedding."))
     add_pipeline(i, what="the modality whose classes to sweep")
-    i.add_argument("--embeddings", metavar="DIR", help="pipeline mode: folder with <class>.safetensors per class "
-                                                       "(default: <train_embedding.out>/<modality>)")
+    i.add_argument("--embeddings", metavar="DIR", help="pipeline mode: the modality's embeddings, the main "
+                   "variant's <class>/<variant>.safetensors or a flat folder of <class>.safetensors (default: "
+                   "<train_embedding.out>/<modality>)")
     i.add_argument("--embedding", action="append", default=[], metavar="[TOKEN=]FILE")
     i.add_argument("--from", dest="from_", metavar="PROMPT|CLASS", help="the sweep's start (weight 0)")
     i.add_argument("--to", metavar="PROMPT|CLASS", help="the sweep's end (weight 1)")
@@ -73,8 +77,9 @@ def add_parser(sub) -> None:
     mask.add_argument("--box", metavar="X0,Y0,X1,Y1", help="repaint a box (pixels, x1/y1 exclusive)")
     p.add_argument("--prompt", help="what to paint (standalone); pipeline mode paints --class")
     add_pipeline(p, what="the modality of --class")
-    p.add_argument("--embeddings", metavar="DIR", help="pipeline mode: folder with <class>.safetensors per class "
-                                                       "(default: <train_embedding.out>/<modality>)")
+    p.add_argument("--embeddings", metavar="DIR", help="pipeline mode: the modality's embeddings, the main "
+                   "variant's <class>/<variant>.safetensors or a flat folder of <class>.safetensors (default: "
+                   "<train_embedding.out>/<modality>)")
     p.add_argument("--class", dest="class_name", help="pipeline mode: paint this class (its token and first template)")
     p.add_argument("--embedding", action="append", default=[], metavar="[TOKEN=]FILE")
     p.add_argument("--inpainting-model", metavar="SPEC",
@@ -146,15 +151,23 @@ def _mode(args, command: str, standalone_flags: dict[str, str], out_section: str
 
 
 def _generate(args) -> int:
+    from medti.config import main_variant, variants
     from medti.generate.jobs import generate_modality, generate_standalone
 
     params = _mode(args, "generate", {"--prompt": "prompt", "--embedding": "embedding", "--class": "class_name"},
-                   "generate")
+                   None)
     runtime = _runtime(args, params)
     if params is not None:
+        if args.variant is not None and args.variant not in variants(params):
+            raise ConfigError(f"--variant {args.variant}: not one of train_embedding.variants "
+                              f"({', '.join(variants(params))})")
+        args.out = args.out or str(params_folder(params, "generate.out") / args.modality
+                                   / (args.variant or main_variant(params)))
         generate_modality(params, args.modality, args.embeddings, args.out, shard=args.shard, runtime=runtime,
-                          n_per_class=args.n, **_sampling_args(args))
+                          variant=args.variant, n_per_class=args.n, **_sampling_args(args))
         return 0
+    if args.variant:
+        raise ConfigError("medti generate: --variant is for pipeline mode (with --params and --modality)")
     if not args.prompt:
         raise ConfigError("medti generate: give --prompt (standalone) or --params P --modality M (pipeline)")
     generate_standalone(args.out, args.prompt, args.n, embeddings=args.embedding, class_names=args.class_name,

@@ -111,21 +111,37 @@ class Loaded:
         return prompts[0] if prompts else prompt_or_class
 
 
+def modality_embeddings(params: dict, modality: str, embeddings_dir: str | os.PathLike,
+                        variant: str | None = None) -> dict[str, Path]:
+    """Per class of ``modality``, its embedding file in ``embeddings_dir``: ``<class>/<variant>.safetensors``
+    (the pipeline's layout; no ``variant``: the main one), or, with no variant named and none of those there,
+    a flat folder's ``<class>.safetensors`` (embeddings a colleague shared)."""
+    from medti.config import embedding_file, main_variant
+    from medti.config import modality as modality_cfg
+
+    classes = modality_cfg(params, modality)["classes"]
+    paths = {c: embedding_file(embeddings_dir, c, variant or main_variant(params)) for c in classes}
+    if variant is None and not any(p.exists() for p in paths.values()):
+        flat = {c: embedding_file(embeddings_dir, c) for c in classes}
+        if any(p.exists() for p in flat.values()):
+            return flat
+    return paths
+
+
 def load_modality(params: dict, modality: str, embeddings_dir: str | os.PathLike,
-                  runtime: Runtime | None = None) -> Loaded:
-    """The base model with every class embedding of ``modality`` (``<embeddings_dir>/<class>.safetensors``)."""
+                  runtime: Runtime | None = None, variant: str | None = None) -> Loaded:
+    """The base model with every class embedding of ``modality`` (:func:`modality_embeddings`) installed."""
     from medti.config import class_token
     from medti.config import modality as modality_cfg
     from medti.generate.embedding_install import install_embeddings
 
     mod = modality_cfg(params, modality)
     templates = mod.get("templates") or ["{}"]
-    embeddings_dir = Path(embeddings_dir)
     runtime = runtime or Runtime.from_params(params)
     model, device, dtype = runtime.load()
     tokens = [class_token(modality, c) for c in mod["classes"]]
-    installed = install_embeddings(model, [(t, embeddings_dir / f"{c}.safetensors")
-                                           for t, c in zip(tokens, mod["classes"])])
+    files = modality_embeddings(params, modality, embeddings_dir, variant)
+    installed = install_embeddings(model, [(t, files[c]) for t, c in zip(tokens, mod["classes"])])
     prompts = {c: [t.format(tok) for t in templates] for c, tok in zip(mod["classes"], tokens)}
     return Loaded(model, device, dtype, installed, prompts)
 
@@ -141,18 +157,21 @@ def load_standalone(embeddings: Iterable[EmbeddingSource] = (), runtime: Runtime
 
 
 def generate_modality(params: dict, modality: str, embeddings_dir: str | os.PathLike, out: str | os.PathLike, *,
-                      shard: str | None = None, runtime: Runtime | None = None, **cli) -> SetResult:
-    """The pipeline job: ``n_per_class`` images of every class of ``modality``."""
-    from medti.config import stage
+                      shard: str | None = None, runtime: Runtime | None = None, variant: str | None = None,
+                      **cli) -> SetResult:
+    """The pipeline job: ``n_per_class`` images of every class of ``modality`` with one embedding variant's
+    embeddings (None: the main one)."""
+    from medti.config import main_variant, stage
     from medti.generate.synthetic import ClassSpec, parse_shard
 
     cfg = settings(params, modality, **cli)
     shard_kn = parse_shard(shard)
-    loaded = load_modality(params, modality, embeddings_dir, runtime)
+    loaded = load_modality(params, modality, embeddings_dir, runtime, variant)
     classes = [ClassSpec(c, i, prompts, loaded.checksums(prompts[0]))
                for i, (c, prompts) in enumerate(loaded.class_prompts.items())]
     spec = _set_spec(loaded, modality, classes, cfg, shard_kn,
                      channels=stage(params, "prepare", modality).get("channels", "rgb"))
+    spec.variant = variant or main_variant(params)
     return _run(params, loaded, spec, out, cfg, inputs={"embeddings": Path(embeddings_dir)})
 
 

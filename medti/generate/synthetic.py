@@ -112,6 +112,7 @@ class SetSpec:
     channels: str = "rgb"  # rgb | grey (match the real images the classifier will see)
     shard: tuple[int, int] = (1, 1)
     sampler: dict | None = None  # the sampler's class, config and timesteps (filled in by generate_set)
+    variant: str | None = None  # the embedding variant (pipeline mode); its embeddings' checksums are in classes
 
     def __post_init__(self) -> None:
         if int(self.n_per_class) < 1:
@@ -127,7 +128,7 @@ class SetSpec:
     def fingerprint(self) -> str:
         """A hash of what changes the images (not the count, the shard or the batch size)."""
         d = asdict(self)
-        for key in ("n_per_class", "shard"):
+        for key in ("n_per_class", "shard", "variant"):
             d.pop(key)
         return json_digest(d, 16)
 

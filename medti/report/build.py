@@ -13,19 +13,22 @@ from pathlib import Path
 
 from medti import __version__
 from medti.atomic import atomic_dir, sweep_stale_temporaries, write_json, write_text
-from medti.config import schema_default
+from medti.config import main_variant, schema_default
 from medti.errors import InputError
-from medti.report.document import Document, Figure, render_html, render_markdown
+from medti.report.document import Document, render_html, render_markdown
 from medti.report.sections import (
     agreement_section,
     auc_overview,
     auc_section,
     checksum_section,
     copy_figure,
-    loss_figure,
+    embedding_training_section,
     memorisation_section,
     quality_section,
-    sample_figure,
+    samples_section,
+    sweep_section,
+    variant_rows,
+    variants_section,
 )
 from medti.tracking import git_commit, track
 
@@ -60,9 +63,37 @@ class ModalityInputs:
     details: dict                 # evaluate.json
     evaluate_dir: Path
     prepared_manifest: Path
-    synthetic_manifest: Path | None
-    train_reports: dict[str, Path]  # class -> its report folder (those that exist)
+    synthetic_manifests: dict[str, Path]       # embedding variant -> its synthetic manifest (those that exist)
+    train_reports: dict[str, dict[str, Path]]  # variant -> class -> its embedding's report folder (those that exist)
     interpolation: list[Path]       # medti interpolate's grids (sweeps, combinations), if any
+
+    @property
+    def variants(self) -> list[str]:
+        """The embedding variants evaluated, the main one first (one, unnamed before variants existed)."""
+        return variant_names(self.details)
+
+    @property
+    def main_variant(self) -> str:
+        return self.variants[0]
+
+    @property
+    def synthetic_manifest(self) -> Path | None:
+        """The main variant's synthetic manifest."""
+        return self.synthetic_manifests.get(self.main_variant)
+
+
+def variant_names(details: dict) -> list[str]:
+    """evaluate.json's variants in order, main first; an evaluation from before variants has one, the main."""
+    return list(details.get("variant_names") or [details.get("main_variant") or main_variant({})])
+
+
+def _variant_path(root: Path | None, modality: str, variant: str, main: bool, *parts: str) -> Path | None:
+    """``root/modality/[parts/]variant``: the variant's folder or, for the main variant, the folder without one
+    (the layout from before variants, and standalone sets) where the variant's is not there."""
+    if root is None:
+        return None
+    base = root.joinpath(modality, *parts)
+    return base if main and not (base / variant).is_dir() else base / variant
 
 
 def find_modalities(evaluate_dir: Path, params: dict | None) -> list[str]:
@@ -88,17 +119,22 @@ def gather(modality: str, evaluate_dir: Path, prepared_dir: Path, synthetic_dir:
     prepared = prepared_dir / modality / "manifest.csv"
     if not prepared.is_file():
         raise InputError(f"{prepared}: the prepared manifest of modality '{modality}' is missing")
-    synthetic = synthetic_dir / modality / "manifest.csv" if synthetic_dir is not None else None
-    if synthetic is not None and not synthetic.is_file():
-        log.warning("%s: no synthetic manifest: the report shows no synthetic samples for %s", synthetic, modality)
-        synthetic = None
-    reports = {}
-    for c in details["classes"]:
-        d = train_reports_dir / modality / c if train_reports_dir is not None else None
-        if d is not None and (d / "metrics.csv").is_file():
-            reports[c] = d
-        else:
-            log.warning("no embedding training report for %s/%s (%s)", modality, c, d)
+    names = variant_names(details)
+    synthetic, reports = {}, {}
+    for v in names:
+        main = v == names[0]
+        d = _variant_path(synthetic_dir, modality, v, main)
+        if d is not None and (d / "manifest.csv").is_file():
+            synthetic[v] = d / "manifest.csv"
+        elif d is not None:
+            log.warning("%s: no synthetic manifest: the report shows no synthetic samples of %s, variant %s",
+                        d / "manifest.csv", modality, v)
+        for c in details["classes"]:
+            d = _variant_path(train_reports_dir, modality, v, main, c)
+            if d is not None and (d / "metrics.csv").is_file():
+                reports.setdefault(v, {})[c] = d
+            else:
+                log.warning("no embedding training report for %s/%s, variant %s (%s)", modality, c, v, d)
     grids = sorted((interpolate_dir / modality).glob("*.png")) if interpolate_dir is not None else []
     return ModalityInputs(modality, details, folder, prepared, synthetic, reports, grids)
 
@@ -110,8 +146,9 @@ def random_base_model(params: dict | None, inputs: list[ModalityInputs]) -> str 
         names.append(str((params.get("base_model") or {}).get("id")))
     for m in inputs:
         names.extend(m.details.get("synthetic_base_models") or [])
-        names.extend(e.get("base_model") for e in (m.details.get("embeddings") or {}).values())
-        for d in m.train_reports.values():
+        for block in [m.details, *(m.details.get("variants") or {}).values()]:
+            names.extend(e.get("base_model") for e in (block.get("embeddings") or {}).values())
+        for d in (d for by_class in m.train_reports.values() for d in by_class.values()):
             summary = d / "summary.json"
             if summary.is_file():
                 s = json.loads(summary.read_text(encoding="utf-8"))
@@ -146,26 +183,20 @@ def build_document(inputs: list[ModalityInputs], params: dict | None, params_tex
         for name, caption in (("roc.png", "Test ROC curves: the mean over seeds, ± one standard deviation shaded."),
                               ("confusion.png", "Test confusion matrices (most probable class), seeds added up.")):
             copy_figure(doc, m.evaluate_dir / name, figures / f"{m.name}_{name}", caption)
+        if any(b.get("n_synthetic") or b.get("images") for b in (m.details.get("variants") or {}).values()):
+            doc.heading(3, "Embedding variants")
+            variants_section(doc, m)
         doc.heading(3, "Real and synthetic images")
-        path = figures / f"{m.name}_samples.png"
-        if sample_figure(m, samples_per_class, seed, path):
-            doc.add(Figure(path, "Real training images (left) and synthetic images (right), one row per class."))
-        if m.interpolation:
+        samples_section(doc, m, samples_per_class, seed, figures)
+        if m.interpolation or m.details.get("sweeps"):
             doc.heading(3, "Disease interpolation")
             for grid in m.interpolation:
                 copy_figure(doc, grid, figures / f"{m.name}_{grid.name}",
                             "Each row one weight (or pathology), each column one seed shared by every row: "
                             "weighted prompts from the first class to the other (composable diffusion).")
+            sweep_section(doc, m, figures)
         doc.heading(3, "Embedding training")
-        path = figures / f"{m.name}_embedding_loss.png"
-        if loss_figure(m, path):
-            doc.add(Figure(path, "Textual Inversion training loss per embedding (thin: per step; thick: moving "
-                                 "average)."))
-        else:
-            doc.para("No embedding training reports found.")
-        for c, d in m.train_reports.items():
-            copy_figure(doc, d / "validation_final.png", figures / f"{m.name}_{c}_validation.png",
-                        f"<{m.name}-{c}>: training images and samples drawn with the final embedding.")
+        embedding_training_section(doc, m, figures)
         doc.heading(3, "Do the synthetic images carry their class?")
         agreement_section(doc, m)
         doc.heading(3, "Image quality (FID / KID)")
@@ -213,7 +244,8 @@ def build_report(evaluate_dir: PathLike, prepared_dir: PathLike, out: PathLike, 
             write_json(tmp / "summary.json", {
                 "modalities": names, "random_base_model": random_base_model(params, inputs),
                 "auc": {m.name: {c: {k: r[k] for k in ("auc_mean", "auc_std", "ci_low", "ci_high", "n_seeds")}
-                                 for c, r in m.details["conditions"].items()} for m in inputs}})
+                                 for c, r in m.details["conditions"].items()} for m in inputs},
+                "variants": {m.name: {row["variant"]: row for row in variant_rows(m)} for m in inputs}})
         tracker.log_artifact(out / "index.html")
     log.info("report: %s", out / "index.html")
     return out / "index.html"

@@ -35,8 +35,10 @@ def add_parser(sub) -> None:
     io = p.add_argument_group("inputs and outputs (pipeline mode: default from params.yaml's paths)")
     io.add_argument("--evaluate", metavar="DIR", help="medti evaluate's outputs, DIR/<modality>/")
     io.add_argument("--prepared", metavar="DIR", help="the prepared data, DIR/<modality>/manifest.csv")
-    io.add_argument("--synthetic", metavar="DIR", help="the synthetic data, DIR/<modality>/manifest.csv")
-    io.add_argument("--train-reports", metavar="DIR", help="embedding training reports, DIR/<modality>/<class>/")
+    io.add_argument("--synthetic", metavar="DIR",
+                    help="the synthetic data, DIR/<modality>/<variant>/manifest.csv (or DIR/<modality>/manifest.csv)")
+    io.add_argument("--train-reports", metavar="DIR",
+                    help="embedding training reports, DIR/<modality>/<class>/<variant>/ (or DIR/<modality>/<class>/)")
     io.add_argument("--interpolate", metavar="DIR", help="medti interpolate's figures, DIR/<modality>/*.png")
     io.add_argument("--out", metavar="DIR", help="the report folder")
     io.add_argument("--modalities", metavar="A,B",

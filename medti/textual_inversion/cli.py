@@ -1,8 +1,9 @@
 """``medti train-embedding``: one Textual Inversion embedding, in the pipeline or standalone.
 
 Pipeline: ``--params params.yaml --modality M --class C`` reads the prepared manifest
-(``<prepare.out>/M/manifest.csv``, or ``--manifest``) and writes ``<train_embedding.out>/M/C.safetensors`` (or
-``--out``) with its report in ``<train_embedding.reports>/M/C`` (or ``--report-dir``).
+(``<prepare.out>/M/manifest.csv``, or ``--manifest``) and trains every embedding variant of the class
+(``train_embedding.variants``; ``--variant V`` for some), writing ``<train_embedding.out>/M/C/<variant>.safetensors``
+(or into ``--out DIR``) with reports in ``<train_embedding.reports>/M/C/<variant>`` (or under ``--report-dir``).
 Standalone (to compare with other tools on the same data): ``--base-model M --images DIR --token '<t>'
 --init WORD --num-vectors N --resolution R --batch-size B --steps S --lr LR --seed X --out OUT.safetensors``.
 Command-line values override params.yaml; params.yaml overrides the schema's defaults.
@@ -31,11 +32,15 @@ def add_parser(sub) -> None:
                                        "default: <prepare.out>/<modality>/manifest.csv)")
     io.add_argument("--images", metavar="DIR", help="standalone: a folder of training images (searched recursively)")
     io.add_argument("--token", help="standalone: the placeholder token, e.g. '<my-concept>'")
-    io.add_argument("--out", metavar="OUT.safetensors", help="the embedding file to write (pipeline default: "
-                                                             "<train_embedding.out>/<modality>/<class>.safetensors)")
+    io.add_argument("--out", metavar="OUT", help="standalone: the embedding file to write (.safetensors); pipeline: "
+                                                 "the class's folder, one <variant>.safetensors each (default: "
+                                                 "<train_embedding.out>/<modality>/<class>)")
+    io.add_argument("--variant", action="append", default=[], metavar="NAME",
+                    help="pipeline: train only this embedding variant (repeatable; default: every one in "
+                         "train_embedding.variants)")
     io.add_argument("--report-dir", metavar="DIR",
-                    help="metrics.csv, loss.png, validation grids, summary.json (pipeline default: "
-                         "<train_embedding.reports>/<modality>/<class>; standalone: <OUT>_report)")
+                    help="metrics.csv, loss.png, validation grids, summary.json (pipeline: one folder per variant "
+                         "under <train_embedding.reports>/<modality>/<class>; standalone: <OUT>_report)")
     io.add_argument("--checkpoint-dir", metavar="DIR",
                     help="where checkpoints go (default: .medti/checkpoints/... under the project root); "
                          "a rerun of the same command resumes from it")
@@ -100,13 +105,14 @@ def _overrides(args) -> dict:
     )
 
 
-def build_settings(args, params: dict | None):
-    """TrainSettings from params.yaml (pipeline mode) or the schema's defaults, with the command line on top."""
+def build_settings(args, params: dict | None, variant: str | None = None):
+    """TrainSettings from params.yaml (pipeline mode; a variant's over the section's) or the schema's defaults,
+    with the command line on top."""
     from medti.textual_inversion.settings import Augment, TrainSettings
 
     pipeline = params is not None
     if pipeline:
-        base = TrainSettings.from_params(params, args.modality, args.class_name)
+        base = TrainSettings.from_params(params, args.modality, args.class_name, variant)
     else:
         base = TrainSettings(token=args.token)
     values = base.to_dict()
@@ -133,7 +139,8 @@ def build_settings(args, params: dict | None):
 def run(args) -> int:
     import json
 
-    from medti.textual_inversion.job import train_embedding, train_from_params
+    from medti.config import variants
+    from medti.textual_inversion.job import train_class, train_embedding
 
     ctx = pipeline_mode(args, "train-embedding")
     params = ctx[0] if ctx else None
@@ -145,32 +152,43 @@ def run(args) -> int:
                               "images come from the prepared manifest")
         m, c = args.modality, args.class_name
         args.manifest = args.manifest or str(params_folder(params, "prepare.out") / m / "manifest.csv")
-        args.out = args.out or str(params_folder(params, "train_embedding.out") / m / f"{c}.safetensors")
+        args.out = args.out or str(params_folder(params, "train_embedding.out") / m / c)
         args.report_dir = args.report_dir or str(params_folder(params, "train_embedding.reports") / m / c)
+        if Path(args.out).suffix:
+            raise ConfigError(f"--out {args.out}: in pipeline mode this is the class's folder (one "
+                              "<variant>.safetensors per embedding variant), not a file")
+        unknown = [v for v in args.variant if v not in variants(params)]
+        if unknown:
+            raise ConfigError(f"--variant {unknown[0]}: not one of train_embedding.variants "
+                              f"({', '.join(variants(params))})")
     else:
+        if args.variant:
+            raise ConfigError("medti train-embedding: --variant is for pipeline mode (with --params and --modality)")
         if not (args.images and args.token and args.out):
             raise ConfigError("medti train-embedding: give --params P --modality M --class C (pipeline) "
                               "or --images DIR --token TOKEN --out FILE (standalone)")
         if args.manifest or args.class_name:
             raise ConfigError("medti train-embedding: --manifest/--class are for pipeline mode "
                               "(with --params and --modality)")
-    if Path(args.out).suffix != ".safetensors":
+    if not ctx and Path(args.out).suffix != ".safetensors":
         raise ConfigError(f"--out {args.out}: the embedding is written as .safetensors "
                           "(convert it afterwards with `medti embedding convert`)")
-    settings = build_settings(args, params)
+    names = (args.variant or list(variants(params))) if ctx else [None]
+    settings = {v: build_settings(args, params, v) for v in names}  # every variant's checked before any trains
     bm = (params or {}).get("base_model", {})
     common = dict(base_model=pick(args.base_model, bm.get("id"), schema_default("base_model.id")),
                   checkpoint_dir=args.checkpoint_dir,
                   init_embedding=args.init_embedding,
                   local_files_only=not args.allow_download and bm.get("local_files_only", True),
                   revision=bm.get("revision"))
+    keys = ("token", "images", "steps", "loss_first", "loss_last", "train_seconds", "embedding_checksum")
     if ctx:
-        result = train_from_params(params, args.modality, args.class_name, args.manifest, args.out,
-                                   args.report_dir, settings=settings, **common)
+        results = train_class(params, args.modality, args.class_name, args.manifest, args.out, args.report_dir,
+                              variant_names=names, settings_for=settings.get, **common)
+        print(json.dumps({v: {k: r.stats.get(k) for k in keys} for v, r in results.items()}, indent=2))
     else:
         out = Path(args.out)
-        result = train_embedding(args.images, settings, output=out, params=params,
+        result = train_embedding(args.images, settings[None], output=out, params=params,
                                  report_dir=args.report_dir or out.with_name(f"{out.stem}_report"), **common)
-    keys = ("token", "images", "steps", "loss_first", "loss_last", "train_seconds", "embedding_checksum")
-    print(json.dumps({k: result.stats.get(k) for k in keys}, indent=2))
+        print(json.dumps({k: result.stats.get(k) for k in keys}, indent=2))
     return 0

@@ -36,16 +36,31 @@ def list_image_folder(folder: str | Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def manifest_images(manifest: str | Path, modality: str, class_name: str) -> list[Path]:
-    """The rows of a prepared manifest picked for this embedding: modality, class, train split, ti_subset."""
+def manifest_images(manifest: str | Path, modality: str, class_name: str, images: int | None = None,
+                    seed: int = 0) -> list[Path]:
+    """The rows of a prepared manifest picked for this embedding: modality, class, train split, ti_subset.
+
+    ``images`` (an embedding variant's size) takes that many of them, spread over subjects in a seeded order of
+    the sources' checksums (no salted id): the same images on every clone, and a smaller variant's images are
+    the first of a larger one's (nested, as the paper's 10 of its 100).
+    """
     from medti.manifest import read_manifest
+    from medti.preprocess.splitting import pick_subset
 
     df = read_manifest(manifest, absolute=True)
     if "ti_subset" not in df.columns:
         raise InputError(f"{manifest}: no ti_subset column (is it a synthetic manifest? use the prepared one)")
     subset = df["ti_subset"].astype(str).str.lower().isin(("true", "1"))
     rows = df[(df["modality"] == modality) & (df["class"] == class_name) & (df["split"] == "train") & subset]
-    return [Path(p) for p in sorted(rows["path"])]
+    if images is None or images >= len(rows):
+        return [Path(p) for p in sorted(rows["path"])]
+    keys = {f"{r.source_checksum}/{r.path}": r.path for r in rows.itertuples()}
+    subject_of = dict(zip(keys, rows["subject_id"].astype(str)))
+    order: dict[str, str] = {}
+    for key, subject in subject_of.items():
+        order[subject] = min(order.get(subject, key), key)
+    picked = pick_subset([(subject_of[k], k) for k in keys], images, seed, order=order)
+    return [Path(p) for p in sorted(keys[k] for k in picked)]
 
 
 def check_image_count(paths: list[Path], source: str) -> None:

@@ -12,6 +12,7 @@ import logging
 import os
 import shutil
 import tempfile
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -38,13 +39,16 @@ class TrainResult:
     stats: dict = field(default_factory=dict)
     output: Path | None = None
     report_dir: Path | None = None
+    checkpoint: object | None = None  # the CheckpointStore kept with keep_checkpoint (the caller removes it)
 
 
 def default_checkpoint_dir(output: str | os.PathLike, params: dict | None = None, modality: str | None = None,
-                           class_name: str | None = None) -> Path:
-    """``.medti/checkpoints/<modality>/<class>`` (pipeline) or ``.medti/checkpoints/standalone/<name>-<hash>``
-    under the project root: outside the declared outputs, so a failed job's checkpoint survives its retry."""
-    return checkpoint_dir_for(output, params, modality, class_name)
+                           class_name: str | None = None, variant: str | None = None) -> Path:
+    """``.medti/checkpoints/<modality>/<class>[/<variant>]`` (pipeline) or
+    ``.medti/checkpoints/standalone/<name>-<hash>`` under the project root: outside the declared outputs, so a
+    failed job's checkpoint survives its retry."""
+    names = (modality, class_name) + ((variant,) if variant else ())
+    return checkpoint_dir_for(output, params, *names)
 
 
 def _model_label(model) -> str:
@@ -68,14 +72,18 @@ def train_embedding(images: str | os.PathLike | Sequence[str | os.PathLike], set
                     params: dict | None = None, manifest: str | os.PathLike | None = None,
                     modality: str | None = None, class_name: str | None = None,
                     init_embedding: str | os.PathLike | None = None, local_files_only: bool = True,
-                    revision: str | None = None) -> TrainResult:
+                    revision: str | None = None, variant: str | None = None,
+                    keep_checkpoint: bool = False) -> TrainResult:
     """Train a Textual Inversion embedding and return it with run statistics.
 
     ``images``: a folder or a list of image files. ``base_model``: a spec (``tiny``, ``random:<arch>``, a
     local diffusers folder, a hub id) or an already loaded ``BaseModel`` (which gains the placeholder and
     loses its VAE encoder). ``output`` (``.safetensors``) and ``report_dir`` are written atomically when
     given. ``checkpoint_dir`` defaults to one derived from ``output`` (no checkpoints without either).
-    ``init_embedding``: start from an existing embedding file instead of ``settings.init``.
+    ``init_embedding``: start from an existing embedding file instead of ``settings.init``. ``variant``: the
+    embedding variant's name (recorded; its own checkpoints). ``keep_checkpoint``: leave the final checkpoint for
+    the caller to remove (``TrainResult.checkpoint``), so a job training several variants resumes the finished
+    ones at once if a later one fails.
     """
     from medti import __version__
     from medti.embeddings import load_embedding
@@ -125,7 +133,7 @@ def train_embedding(images: str | os.PathLike | Sequence[str | os.PathLike], set
                           model.unet.config.get("block_out_channels"), data_checksum, init_checksum,
                           device.type, str(dtype))
     if checkpoint_dir is None and output is not None:
-        checkpoint_dir = default_checkpoint_dir(output, params, modality, class_name)
+        checkpoint_dir = default_checkpoint_dir(output, params, modality, class_name, variant)
     store = CheckpointStore(checkpoint_dir, run_key) if checkpoint_dir is not None else None
     lock = store.lock() if store is not None else None
     scratch = None
@@ -191,6 +199,8 @@ def train_embedding(images: str | os.PathLike | Sequence[str | os.PathLike], set
                 trainer.flush()
                 log_new_metrics()
                 vectors = trainer.learned_vectors()
+                if keep_checkpoint and store is not None and resumed_from < settings.steps:
+                    store.save(trainer.state_dict())
             except NonFiniteLoss as exc:
                 last = store.saved_step() if store is not None else None
                 kept = (f"the last good checkpoint (step {last}, {store.state_path}) is kept" if last is not None
@@ -216,9 +226,11 @@ def train_embedding(images: str | os.PathLike | Sequence[str | os.PathLike], set
             # images_checksum (their contents) already says what the embedding learnt from
             if modality:
                 metadata.update({"modality": modality, "class": class_name})
+            if variant:
+                metadata["variant"] = variant
             embedding = Embedding(token=settings.token, vectors=vectors, metadata=metadata)
             stats = {
-                "token": settings.token, "modality": modality, "class": class_name,
+                "token": settings.token, "modality": modality, "class": class_name, "variant": variant,
                 "base_model": _model_label(model), "random_base_model": model.random_weights,
                 "note": RANDOM_WARNING.format(model.model_id) if model.random_weights else None,
                 "images": len(paths), "views": trainer.num_views, "resolution": resolution,
@@ -247,13 +259,14 @@ def train_embedding(images: str | os.PathLike | Sequence[str | os.PathLike], set
             lock.release()
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)
-    if store is not None:
+    if store is not None and not keep_checkpoint:
         store.remove()
     log.info("%s: loss %.4f -> %.4f over %d steps (%.1f s)%s", settings.token, stats.get("loss_first", float("nan")),
              stats.get("loss_last", float("nan")), settings.steps, trainer.elapsed_s,
              f"; wrote {output}" if output is not None else "")
     return TrainResult(embedding=embedding, stats=stats, output=Path(output) if output else None,
-                       report_dir=Path(report_dir) if report_dir else None)
+                       report_dir=Path(report_dir) if report_dir else None,
+                       checkpoint=store if keep_checkpoint else None)
 
 
 def _write_report(report_dir: Path, metrics: list[dict], staging: Path, stats: dict, settings: TrainSettings,
@@ -272,20 +285,52 @@ def _write_report(report_dir: Path, metrics: list[dict], staging: Path, stats: d
 def train_from_params(params: dict, modality: str, class_name: str, manifest: str | os.PathLike,
                       output: str | os.PathLike | None, report_dir: str | os.PathLike | None,
                       settings: TrainSettings | None = None, base_model: str | None = None,
-                      **kwargs) -> TrainResult:
-    """The pipeline form: settings from params.yaml (unless given), images from the prepared manifest's
-    TI subset (train split, ``ti_subset`` true); ``kwargs`` go to ``train_embedding``."""
+                      variant: str | None = None, **kwargs) -> TrainResult:
+    """The pipeline form for one embedding: settings from params.yaml (unless given; a ``variant``'s steps and
+    vectors over the section's), images from the prepared manifest's TI subset (train split, ``ti_subset``
+    true; a variant's ``images`` of them); ``kwargs`` go to ``train_embedding``."""
+    from medti.config import variants
     from medti.errors import InputError
     from medti.textual_inversion.data import manifest_images
 
-    settings = settings or TrainSettings.from_params(params, modality, class_name)
-    paths = manifest_images(manifest, modality, class_name)
+    settings = settings or TrainSettings.from_params(params, modality, class_name, variant)
+    images = variants(params)[variant]["images"] if variant is not None else None
+    paths = manifest_images(manifest, modality, class_name, images=images,
+                            seed=int(params.get("seed", 0)) + zlib.crc32(f"{modality}/{class_name}".encode()))
     if not paths:
         raise InputError(f"{manifest}: no training images for {modality}/{class_name} "
                          "(rows with split=train and ti_subset=true): an embedding needs at least 2")
+    if images is not None and len(paths) < images:
+        log.warning("%s/%s: variant '%s' asks for %d images, the embedding subset holds %d: it trains on those "
+                    "(prepare.ti_per_class sets the subset)", modality, class_name, variant, images, len(paths))
     bm = params["base_model"]
     kwargs.setdefault("local_files_only", bm["local_files_only"])
     kwargs.setdefault("revision", bm["revision"])
     return train_embedding(paths, settings, base_model=base_model or bm["id"], output=output,
                            report_dir=report_dir, params=params, manifest=manifest, modality=modality,
-                           class_name=class_name, **kwargs)
+                           class_name=class_name, variant=variant, **kwargs)
+
+
+def train_class(params: dict, modality: str, class_name: str, manifest: str | os.PathLike,
+                out_dir: str | os.PathLike, report_dir: str | os.PathLike, variant_names: list[str] | None = None,
+                settings_for=None, **kwargs) -> dict[str, TrainResult]:
+    """The pipeline job: every embedding variant of one class, ``<out_dir>/<variant>.safetensors`` with its
+    report in ``<report_dir>/<variant>``. ``settings_for(variant)`` gives each variant's settings (None: from
+    params). Each finished variant keeps its final checkpoint until all are done, so a rerun after a failure
+    resumes the finished ones at once; one class per job because DVC's templating cannot cross the classes
+    mapping with the variants (README, "Embedding variants")."""
+    from medti.config import variants
+
+    names = variant_names or list(variants(params))
+    checkpoints = kwargs.pop("checkpoint_dir", None)
+    results: dict[str, TrainResult] = {}
+    for name in names:
+        settings = settings_for(name) if settings_for is not None else None
+        results[name] = train_from_params(
+            params, modality, class_name, manifest, Path(out_dir) / f"{name}.safetensors", Path(report_dir) / name,
+            settings=settings, variant=name, keep_checkpoint=True,
+            checkpoint_dir=Path(checkpoints) / name if checkpoints else None, **kwargs)
+    for result in results.values():
+        if result.checkpoint is not None:
+            result.checkpoint.remove()
+    return results

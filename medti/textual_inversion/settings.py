@@ -116,7 +116,7 @@ class TrainSettings:
         """Settings from a validated ``train_embedding`` section; ``values`` (token, templates...) on top."""
         names = {f.name for f in dataclasses.fields(cls)} - {"augment", "token", "templates", "init_words", "seed",
                                                                "device", "precision"}
-        unknown = sorted(set(section) - names - {"augment", "out", "reports"})
+        unknown = sorted(set(section) - names - {"augment", "out", "reports", "variants"})
         if unknown:
             raise ConfigError(f"params.yaml: train_embedding: unknown setting(s) {', '.join(unknown)}")
         kw = {k: section[k] for k in names if k in section}
@@ -126,17 +126,26 @@ class TrainSettings:
         return cls(**kw)
 
     @classmethod
-    def from_params(cls, params: dict, modality: str, class_name: str) -> TrainSettings:
-        """Settings for one modality and class from validated params."""
-        from medti.config import class_token, stage
+    def from_params(cls, params: dict, modality: str, class_name: str, variant: str | None = None) -> TrainSettings:
+        """Settings for one modality and class from validated params; an embedding ``variant``'s steps and
+        vectors over the section's."""
+        from medti.config import class_token, stage, variants
         from medti.config import modality as modality_of
 
         mod = modality_of(params, modality)
         if class_name not in mod["classes"]:
             raise ConfigError(f"params.yaml: classes: modality '{modality}' has no class '{class_name}' "
                               f"(has: {', '.join(mod['classes'])})")
+        section = stage(params, "train_embedding", modality)
+        section.pop("variants", None)
+        if variant is not None:
+            spec = variants(params).get(variant)
+            if spec is None:
+                raise ConfigError(f"train_embedding.variants: no variant '{variant}' (have: "
+                                  f"{', '.join(variants(params))})")
+            section.update({k: spec[k] for k in ("steps", "num_vectors") if spec[k] is not None})
         return cls.from_section(
-            stage(params, "train_embedding", modality),
+            section,
             token=class_token(modality, class_name),
             templates=list(mod.get("templates") or DEFAULT_TEMPLATES),
             init_words=mod["init_words"].get(class_name) or class_name.replace("_", " "),

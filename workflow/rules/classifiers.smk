@@ -1,10 +1,11 @@
-# Diagnostic classifiers per condition (real, real+synthetic, synthetic) and seed, then their evaluation.
+# Diagnostic classifiers per condition (real, real+synthetic, synthetic per embedding variant) and seed, then their
+# evaluation (which also judges the healthy -> diseased sweeps with the real-only classifiers).
 
 
 rule train_classifier:
     input:
         prepared=f"{OUT['prepared']}/{{modality}}",
-        synthetic=f"{OUT['synthetic']}/{{modality}}",
+        synthetic=condition_synthetic,
     output:
         directory(f"{OUT['classifiers']}/{{modality}}/{{condition}}/seed{{seed}}"),
     log:
@@ -18,10 +19,11 @@ rule train_classifier:
         gpu=gpu("classifier"),
     params:
         settings=settings("classifier", "seed"),
+        synthetic=lambda wc: f"{OUT['synthetic']}/{wc.modality}",
     shell:
         "medti train-classifier --params params.yaml --modality {wildcards.modality}"
         " --condition {wildcards.condition} --seed {wildcards.seed}"
-        " --real {input.prepared}/manifest.csv --synthetic {input.synthetic}/manifest.csv --out {output}"
+        " --real {input.prepared}/manifest.csv --synthetic {params.synthetic} --out {output}"
         " --log {log} 2> {log}"
 
 
@@ -31,8 +33,9 @@ rule evaluate:
             f"{OUT['classifiers']}/{{{{modality}}}}/{{condition}}/seed{{seed}}", condition=CONDITIONS, seed=SEEDS
         ),
         prepared=f"{OUT['prepared']}/{{modality}}",
-        synthetic=f"{OUT['synthetic']}/{{modality}}",
-        embeddings=embedding_files,
+        synthetic=expand(f"{OUT['synthetic']}/{{{{modality}}}}/{{variant}}", variant=VARIANTS),
+        embeddings=embedding_folders,
+        interpolate=f"{OUT['interpolate']}/{{modality}}",
     output:
         details=directory(f"{OUT['evaluate']}/{{modality}}"),
         metrics=f"{OUT['evaluate']}/{{modality}}.metrics.json",
@@ -47,9 +50,11 @@ rule evaluate:
     params:
         settings=settings("evaluate", "classifier"),
         classifiers=parent_of("classifiers", levels=2),
+        synthetic=parent_of("synthetic"),
         embeddings=parent_of("embeddings"),
     shell:
         "medti evaluate --params params.yaml --modality {wildcards.modality} --classifiers {params.classifiers}"
-        " --real {input.prepared}/manifest.csv --synthetic {input.synthetic}/manifest.csv"
-        " --embeddings {params.embeddings} --out {output.details} --metrics {output.metrics} --roc {output.roc}"
+        " --real {input.prepared}/manifest.csv --synthetic {params.synthetic}"
+        " --embeddings {params.embeddings} --interpolate {input.interpolate} --out {output.details}"
+        " --metrics {output.metrics} --roc {output.roc}"
         " --log {log} 2> {log}"

@@ -9,7 +9,7 @@ import sys
 from snakemake.exceptions import WorkflowError
 from snakemake.logging import logger
 
-from medti.config import stage as stage_section, validate as validate_params
+from medti.config import condition_variant, stage as stage_section, validate as validate_params, variants
 from medti.errors import ConfigError
 
 PARAMS = "params.yaml"
@@ -26,6 +26,7 @@ except ConfigError as exc:
 
 MODALITIES = list(config["modalities"])
 CONDITIONS = list(config["classifier"]["conditions"])
+VARIANTS = list(variants(config))  # embedding variants: each its own embeddings and synthetic set; first: main
 SEEDS = list(config["classifier"]["seeds"])
 OUT = {
     "phantoms": config["phantoms"]["out"],
@@ -96,9 +97,17 @@ def source_inputs(wildcards):
     return paths + ([labels] if labels else [])
 
 
-def embedding_files(wildcards):
-    """The embeddings of every class of the job's modality."""
-    return expand(f"{OUT['embeddings']}/{wildcards.modality}/{{cls}}.safetensors", cls=classes(wildcards.modality))
+def embedding_folders(wildcards):
+    """The embeddings of every class of the job's modality: one folder per class, a file per variant. One job
+    trains all variants of a class because dvc.yaml cannot cross the `classes` mapping with the variants."""
+    return expand(f"{OUT['embeddings']}/{wildcards.modality}/{{cls}}", cls=classes(wildcards.modality))
+
+
+def condition_synthetic(wildcards):
+    """The synthetic set a classifier condition trains on (its variant's), none for a real-only condition."""
+    if config["classifier"]["conditions"][wildcards.condition]["synthetic"] == 0:
+        return []
+    return [f"{OUT['synthetic']}/{wildcards.modality}/{condition_variant(config, wildcards.condition)}"]
 
 
 def parent_of(name, levels=1):

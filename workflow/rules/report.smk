@@ -5,7 +5,7 @@ rule report:
     input:
         evaluate=expand(f"{OUT['evaluate']}/{{modality}}", modality=MODALITIES),
         prepared=expand(f"{OUT['prepared']}/{{modality}}", modality=MODALITIES),
-        synthetic=expand(f"{OUT['synthetic']}/{{modality}}", modality=MODALITIES),
+        synthetic=expand(f"{OUT['synthetic']}/{{modality}}/{{variant}}", modality=MODALITIES, variant=VARIANTS),
         interpolate=expand(f"{OUT['interpolate']}/{{modality}}", modality=MODALITIES),
         train_reports=[f"{OUT['train_reports']}/{m}/{c}" for m in MODALITIES for c in classes(m)],
     output:

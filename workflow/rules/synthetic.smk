@@ -1,17 +1,18 @@
-# Synthetic training sets from the embeddings, and healthy -> diseased interpolation figures.
-# generate stages its images in <generate.out>/.medti-partial/<modality>/, outside the declared output, and
+# Synthetic training sets, one per modality and embedding variant, and healthy -> diseased interpolation
+# figures (drawn with the main variant).
+# generate stages its images in <generate.out>/<modality>/.medti-partial/<variant>/, outside the declared output, and
 # moves the finished set into place: a killed job's rerun (--rerun-incomplete too) draws only the missing ones.
 
 
 rule generate:
     input:
-        embeddings=embedding_files,
+        embeddings=embedding_folders,
     output:
-        directory(f"{OUT['synthetic']}/{{modality}}"),
+        directory(f"{OUT['synthetic']}/{{modality}}/{{variant}}"),
     log:
-        "logs/generate/{modality}.log",
+        "logs/generate/{modality}/{variant}.log",
     benchmark:
-        "benchmarks/generate/{modality}.tsv"
+        "benchmarks/generate/{modality}/{variant}.tsv"
     conda:
         "../envs/medti.yaml"
     threads: 2
@@ -21,13 +22,13 @@ rule generate:
         settings=settings("generate", "base_model", "seed"),
         embeddings=parent_of("embeddings"),
     shell:
-        "medti generate --params params.yaml --modality {wildcards.modality} --embeddings {params.embeddings}"
-        " --out {output} --log {log} 2> {log}"
+        "medti generate --params params.yaml --modality {wildcards.modality} --variant {wildcards.variant}"
+        " --embeddings {params.embeddings} --out {output} --log {log} 2> {log}"
 
 
 rule interpolate:
     input:
-        embeddings=embedding_files,
+        embeddings=embedding_folders,
     output:
         directory(f"{OUT['interpolate']}/{{modality}}"),
     log:
