@@ -277,3 +277,30 @@ def test_dvc_stages_are_parameterised_per_modality_and_class():
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     assert {f"train_embedding@{key}" for key in params["classes"]} <= names
     assert {f"prepare@{m}" for m in params["modalities"]} <= names
+
+
+def test_record_writes_dvc_lock_for_the_given_outputs_only(tmp_path):
+    """`medti workflow record` (Snakemake's onsuccess step): the stages writing the given outputs are committed
+    and recorded in dvc.lock as `dvc commit --force` records them; other stages are left alone."""
+    from medti.errors import MedtiError
+    from medti.workflow import record_outputs
+
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    subprocess.run([str(BIN / "dvc"), "init", "-q"], cwd=tmp_path, check=True)
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": {
+        "one": {"cmd": "echo 1 > one.txt", "outs": ["one.txt"]},
+        "two": {"foreach": ["a", "b"], "do": {"cmd": "mkdir -p two/${item}", "outs": ["two/${item}"]}},
+    }}))
+    (tmp_path / "one.txt").write_text("1\n")
+    for item in ("a", "b"):
+        (tmp_path / "two" / item).mkdir(parents=True)
+        (tmp_path / "two" / item / "x.txt").write_text(item)
+    assert sorted(record_outputs(tmp_path, ["one.txt", "two/a/"])) == ["one", "two@a"]
+    lock = yaml.safe_load((tmp_path / "dvc.lock").read_text())["stages"]
+    assert set(lock) == {"one", "two@a"}  # two@b made no output this run: not recorded
+    assert lock["one"]["outs"][0]["md5"] == "b026324c6904b2a9cb4b88d6d61c81d1"  # md5 of "1\n"
+    status = subprocess.run([str(BIN / "dvc"), "status", "one", "two@a"], cwd=tmp_path, capture_output=True,
+                            text=True, check=True).stdout
+    assert "up to date" in status
+    with pytest.raises(MedtiError, match="elsewhere.txt: no dvc.yaml stage writes this output"):
+        record_outputs(tmp_path, ["elsewhere.txt"])

@@ -1,4 +1,4 @@
-"""``medti workflow check`` and ``medti workflow restore-mtimes``: one action per sub-command of
+"""``medti workflow check``, ``restore-mtimes`` and ``record``: one action per sub-command of
 ``medti workflow`` (a new action adds its parser in :func:`add_parser` and a ``run_*`` function)."""
 
 from __future__ import annotations
@@ -21,6 +21,12 @@ def add_parser(sub) -> None:
                                "date"))
     r.add_argument("--root", default=".", help="project root (default: here)")
     r.set_defaults(func=run_restore_mtimes)
+    d = add_common(wsub.add_parser(
+        "record", help="record outputs in dvc.lock as `dvc commit --force OUTPUT...` does, in one pass (Snakemake "
+                       "runs it after a successful run)"))
+    d.add_argument("--root", default=".", help="project root (default: here)")
+    d.add_argument("outputs", nargs="+", metavar="OUTPUT", help="outputs of dvc.yaml stages, relative to the root")
+    d.set_defaults(func=run_record)
 
 
 def run_check(args: argparse.Namespace) -> int:
@@ -40,4 +46,12 @@ def run_restore_mtimes(args: argparse.Namespace) -> int:
 
     paths = restore_mtimes(args.root)
     print(f"{len(paths)} DVC output(s) matching dvc.lock re-timed in pipeline order")
+    return 0
+
+
+def run_record(args: argparse.Namespace) -> int:
+    from medti.workflow import record_outputs
+
+    stages = record_outputs(args.root, args.outputs)
+    print(f"dvc.lock: recorded {len(stages)} stage(s)")
     return 0

@@ -123,8 +123,9 @@ def parent_of(name, levels=1):
 
 
 def record_in_dvc_lock():
-    """After a successful run: `dvc commit -f` the outputs of the jobs that ran, so dvc.lock records them as after
-    `dvc repro` and the README's sharing steps (git add dvc.lock, git commit, dvc push) work after either runner.
+    """After a successful run: record the outputs of the jobs that ran in dvc.lock (`medti workflow record`, as
+    `dvc commit -f` of them would), so dvc.lock records them as after `dvc repro` and the README's sharing steps
+    (git add dvc.lock, git commit, dvc push) work after either runner.
 
     Only the jobs that ran are committed: an output this run did not make may be stale for DVC (a partial run
     after a parameter change), and committing it would hide that. Skipped without DVC (no `.dvc` folder or no
@@ -139,14 +140,17 @@ def record_in_dvc_lock():
     ):
         return
     beside = os.path.join(os.path.dirname(sys.executable), "dvc")
-    dvc = beside if os.access(beside, os.X_OK) else shutil.which("dvc")
-    if dvc is None:
+    if not (os.access(beside, os.X_OK) or shutil.which("dvc")):
         return
     jobs = [job for job in workflow.dag.finished_jobs if job.output]
     targets = sorted({str(path) for job in jobs for path in job.output})
     if not targets:
         return
-    proc = subprocess.run([dvc, "commit", "--force", *targets], capture_output=True, text=True)
+    # `medti workflow record` does what `dvc commit --force` of the targets does, reading and writing dvc.lock
+    # once instead of once per target (docs/performance.md)
+    medti = os.path.join(os.path.dirname(sys.executable), "medti")
+    medti = medti if os.access(medti, os.X_OK) else shutil.which("medti") or "medti"
+    proc = subprocess.run([medti, "workflow", "record", *targets], capture_output=True, text=True)
     if proc.returncode != 0:
         detail = (proc.stderr or proc.stdout).strip()
         raise WorkflowError(
