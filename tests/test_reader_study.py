@@ -4,6 +4,7 @@ in a real headless browser (Debian's Chromium through selenium and the system ch
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 import re
@@ -19,6 +20,7 @@ from PIL import Image, PngImagePlugin
 from scipy.stats import beta, binomtest
 
 from medti.cli import main
+from medti.deid import read_input_paths
 from medti.errors import ConfigError, InputError
 from medti.reader_study import (
     cohen_kappa,
@@ -101,10 +103,16 @@ def sets(tmp_path_factory) -> dict[str, Path]:
             "stylegan": _folder_set(root / "stylegan3", 6, rng, "sg3")}
 
 
+@pytest.fixture(autouse=True)
+def _outside_the_repository(tmp_path, monkeypatch):
+    """Studies made without a project name the cwd's: keep their salt and lookup out of the repository."""
+    monkeypatch.chdir(tmp_path)
+
+
 def _make(sets, out: Path, **kw):
     args = dict(readers=["alice", "bob", "carol"], real=sets["real"], synthetic=sets["synthetic"],
                 compare={"diffusion": sets["few"], "stylegan3": sets["stylegan"]}, cases_per_class=2, repeats=1,
-                seed=11)
+                seed=11, root=sets["root"])
     args.update(kw)
     return make_study(out, **args)
 
@@ -215,7 +223,8 @@ def test_make_blinds_the_images_and_keeps_the_key_apart(study, sets):
     assert s.tasks == {"real-or-synthetic": 9, "which-class": 9, "which-better": 5}
     images = sorted((folder / "images").iterdir())
     assert len(images) == len(key["images"]) == 8 + 8 + 8
-    originals = [Path(v["original"]) for v in key["images"].values()]
+    lookup = read_input_paths(sets["root"])  # the private id -> path lookup, beside the salt
+    originals = [Path(lookup[v["input"]]) for v in key["images"].values()]
     page = (folder / "study.html").read_text()
     public = (folder / "study.json").read_text()
     for img in images:
@@ -224,7 +233,8 @@ def test_make_blinds_the_images_and_keeps_the_key_apart(study, sets):
         assert set(_png_chunks(data)) <= {"IHDR", "IDAT", "IEND"}, "metadata chunks left in a study image"
         assert PHI.encode() not in data
         # the pixels are the original's (the grey images stay grey: every image is re-encoded alike)
-        src = Path(key["images"][img.stem]["original"])
+        src = Path(lookup[key["images"][img.stem]["input"]])
+        assert hashlib.sha256(src.read_bytes()).hexdigest() == key["images"][img.stem]["file_sha256"]
         assert np.array_equal(np.asarray(Image.open(img).convert("RGB")), np.asarray(Image.open(src).convert("RGB")))
     assert {Image.open(i).mode for i in images} == {"RGB"}  # one pixel format: the mode tells nothing
     for text in (page, public):
@@ -247,10 +257,41 @@ def test_make_blinds_the_images_and_keeps_the_key_apart(study, sets):
     used = [i for c in key["cases"].values() for i in c["images"]]
     assert len(used) == len(set(used)) == len(images)
     # the real images come from the test split only
-    assert all(key["images"][i]["source"] != "real" or "/test/" in key["images"][i]["original"] for i in used)
+    assert all(key["images"][i]["source"] != "real" or "/test/" in lookup[key["images"][i]["input"]] for i in used)
 
 
-def test_orders_are_per_reader_with_repeats_apart_and_pairs_swapped(study):
+def test_the_key_names_no_input_file_or_folder(tmp_path):
+    """Export folders and files are often named after the patient: the key (copied to whoever scores) names each
+    image by a salted input id and its file's checksum; the paths stay in the project's private lookup."""
+    rng = np.random.default_rng(3)
+    planted = ("DOE^JOHN", "MRN4711", "19570312")
+    real = _folder_set(tmp_path / "hospital_export" / "DOE^JOHN_MRN4711_19570312", 5, rng, "MRN4711_19570312")
+    synthetic = _folder_set(tmp_path / "synthetic", 5, rng, "syn")
+    project = tmp_path / "project"
+    s = make_study(tmp_path / "out" / "study", readers=["r1"], real=real, synthetic=synthetic, split=None,
+                   cases_per_class=2, seed=1, root=project)
+    written = [p for d in (s.folder, s.key) for p in d.rglob("*") if p.is_file()]
+    assert {p.name for p in written} >= {"key.json", "key.csv", "study.html", "study.json"}
+    for p in written:
+        data = p.read_bytes()
+        assert not [v for v in planted if v.encode() in data], f"{p.name} names the patient"
+        assert b"hospital_export" not in data and str(synthetic).encode() not in data, f"{p.name} names an input"
+    key = load_key(s.key)
+    lookup = read_input_paths(project)
+    assert set(lookup) >= {v["input"] for v in key["images"].values()} | {v["input"] for v in key["sources"].values()}
+    assert lookup[key["sources"]["real"]["input"]] == str(real.resolve())
+    assert stat.S_IMODE((project / ".medti" / "input-paths.jsonl").stat().st_mode) == 0o600
+    # the same project salt names the same file alike; another project's salt does not
+    again = make_study(tmp_path / "out2" / "study", readers=["r1"], real=real, synthetic=synthetic, split=None,
+                       cases_per_class=2, seed=1, root=project)
+    other = make_study(tmp_path / "out3" / "study", readers=["r1"], real=real, synthetic=synthetic, split=None,
+                       cases_per_class=2, seed=1, root=tmp_path / "elsewhere")
+    ids = [sorted(v["input"] for v in load_key(x.key)["images"].values()) for x in (s, again, other)]
+    assert ids[0] == ids[1] and not set(ids[0]) & set(ids[2])
+    assert again.study_id == other.study_id == s.study_id  # the salt names inputs, it changes no study
+
+
+def test_orders_are_per_reader_with_repeats_apart_and_pairs_swapped(study, sets):
     s, key = study
     orders = key["orders"]
     assert set(orders) == {"alice", "bob", "carol"}
@@ -272,9 +313,9 @@ def test_orders_are_per_reader_with_repeats_apart_and_pairs_swapped(study):
                 assert s1 != s2, "a repeated pair keeps its sides"
     # adding a reader leaves the others' orders alone; the same seed gives the same study
     again = make_study(s.folder.parent / "again", readers=["alice", "bob", "carol", "dave"],
-                       real=key["sources"]["real"]["path"], synthetic=key["sources"]["synthetic"]["path"],
-                       compare={n: key["sources"][n]["path"] for n in key["compare"]}, cases_per_class=2, repeats=1,
-                       seed=11, key=s.folder.parent / "again-key")
+                       real=sets["real"], synthetic=sets["synthetic"],
+                       compare={"diffusion": sets["few"], "stylegan3": sets["stylegan"]}, cases_per_class=2, repeats=1,
+                       seed=11, key=s.folder.parent / "again-key", root=sets["root"])
     key2 = load_key(again.key)
     assert key2["orders"]["alice"] == orders["alice"] and again.study_id != s.study_id
 
@@ -502,7 +543,8 @@ def test_pipeline_mode_from_a_run_and_mlflow(sets, tmp_path, tracking_env):
     key = load_key(study_dir.parent / "chest_xray-key")
     assert key["seed"] == 5 and key["compare"] == ["full", "few"] and key["title"] == "Reader study: chest_xray"
     assert key["sources"]["real"]["split"] == "test"
-    assert key["sources"]["synthetic"]["path"].endswith("synthetic/chest_xray/full/manifest.csv")
+    assert read_input_paths(project)[key["sources"]["synthetic"]["input"]].endswith(
+        "synthetic/chest_xray/full/manifest.csv")
     again = make_from_params(load_params(params), "chest_xray", tmp_path / "again", readers=["r1", "r2"],
                              compare=["full", "few"], cases_per_class=2)
     assert again.study_id == key["study_id"]  # the command and the API make the same study

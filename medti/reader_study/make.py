@@ -11,6 +11,9 @@ The study folder (shareable: a USB stick, an e-mail) holds
 
 The key folder (private; ``<out>-key`` beside the study unless given, never inside it; owner-only) holds
 ``key.json`` (the truth of every item, where each image came from, the readers' orders) and ``key.csv``.
+Neither names an input file or folder (such names often carry a patient's name, id or date): an image is
+named by its salted input id and the checksum of its file, the real path only in the project's private
+lookup ``.medti/input-paths.jsonl`` beside the salt (:mod:`medti.deid`), as ``prepare`` does.
 
 Tasks, in the order readers meet them (the realism task first: a reader who has compared generators would know
 the synthetic images better):
@@ -343,7 +346,7 @@ def make_study(out: PathLike, *, readers, real: PathLike | None = None, syntheti
                compare=None, tasks=None, cases_per_class=DEFAULT_CASES_PER_CLASS, repeats=None,
                classes: Sequence[str] | None = None, split: str | None = "test", seed: int = 0,
                size: int | None = None, title: str | None = None, key: PathLike | None = None,
-               questions: Mapping[str, str] | None = None) -> Study:
+               questions: Mapping[str, str] | None = None, root: PathLike | None = None) -> Study:
     """Write the study folder ``out`` and its key folder (``key``, default ``<out>-key`` beside it).
 
     ``real``/``synthetic``: a manifest (or a folder holding ``manifest.csv``) or a folder of class sub-folders;
@@ -352,7 +355,8 @@ def make_study(out: PathLike, *, readers, real: PathLike | None = None, syntheti
     (default: every task the sources allow). ``cases_per_class``/``repeats``: one number or one per task
     (``{"which-better": 25}``, ``"which-better=25"``); repeats default to 10 % of a task's cases (at least 1).
     ``size``: the longest side of every image in pixels (default: the images' own size when they share one,
-    else the smallest). ``questions``: a task's question in other words."""
+    else the smallest). ``questions``: a task's question in other words. ``root``: the project whose salt names
+    the inputs in the key, and whose private lookup gets their paths (default: the project root)."""
     out = Path(out)
     key_dir = Path(key) if key is not None else out.parent / f"{out.name}-key"
     if out.resolve() == key_dir.resolve() or key_dir.resolve().is_relative_to(out.resolve()):
@@ -397,6 +401,11 @@ def make_study(out: PathLike, *, readers, real: PathLike | None = None, syntheti
         log.warning("the images differ in size (%s): all are shown at %d px on their longest side, so that size "
                     "gives nothing away (--size to choose)", ", ".join(f"{w}x{h}" for h, w in sorted(shapes)), size)
 
+    from medti.config import project_root
+    from medti.deid import Deidentifier, InputNames, load_salt
+
+    root = Path(root) if root is not None else project_root()
+    names = InputNames(Deidentifier(load_salt(root)), root)
     used: set[str] = set()
     image_ids: dict[str, str] = {}
     images: dict[str, dict] = {}
@@ -407,7 +416,8 @@ def make_study(out: PathLike, *, readers, real: PathLike | None = None, syntheti
         image_ids[p] = ident
         blobs[ident] = data
         name, c = source_of[p]
-        images[ident] = {"source": name, "class": c, "original": p, "sha256": hashlib.sha256(data).hexdigest()}
+        images[ident] = {"source": name, "class": c, "input": names.id(os.path.abspath(p)),
+                         "file_sha256": _file_sha256(p), "sha256": hashlib.sha256(data).hexdigest()}
 
     cases, items, public_items = {}, {}, {}
     case_items: dict[str, list[str]] = {}
@@ -469,15 +479,27 @@ def make_study(out: PathLike, *, readers, real: PathLike | None = None, syntheti
                "settings": {"cases_per_class": {t: per_class[t] for t in task_list},
                             "repeats": repeated_counts,
                             "split": split, "size": size, "grey": grey},
-               "sources": {name: {**src.origin, "classes": src.classes} for name, src in sources.items()},
+               "sources": {name: {**{k: v for k, v in src.origin.items() if k != "path"},
+                                  "input": names.id(os.path.abspath(src.origin["path"])), "classes": src.classes}
+                           for name, src in sources.items()},
                "images": images, "cases": cases, "items": items, "orders": orders}
     _check_no_other_key(key_dir, study_id)
     _write_key(key_dir, key_doc)
+    names.save(root)  # id -> path, private (mode 0600, untracked): never in the key, which is copied around
     _write_study(out, public, blobs)
     counts = {t: sum(1 for i in items.values() if cases[i["case"]]["task"] == t) for t in task_list}
     log.info("reader study %s: %s (%d items per reader: %s), key in %s", study_id, out / "study.html",
              sum(counts.values()), ", ".join(f"{t} {n}" for t, n in counts.items()), key_dir)
     return Study(study_id, out, out / "study.html", key_dir, readers, counts, study_classes)
+
+
+def _file_sha256(path: PathLike) -> str:
+    """The checksum of an image file as it is on disk: finds it again without a path."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def _default_title(tasks: list[str]) -> str:
@@ -620,13 +642,13 @@ def _write_key(key_dir: Path, doc: dict) -> None:
         write_json(tmp / "key.json", doc)
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
-        w.writerow(["item", "case", "presentation", "task", "class", "truth", "images", "sources", "originals"])
+        w.writerow(["item", "case", "presentation", "task", "class", "truth", "images", "sources", "inputs"])
         for item_id, it in sorted(doc["items"].items(), key=lambda kv: (kv[1]["case"], kv[1]["presentation"])):
             case = doc["cases"][it["case"]]
             truth = case["truth"] if case["task"] != "which-better" else f"a={case['a_source']} b={case['b_source']}"
             w.writerow([item_id, it["case"], it["presentation"], case["task"], case["class"], truth,
                         " ".join(case["images"]), " ".join(case["sources"]),
-                        " ".join(doc["images"][i]["original"] for i in case["images"])])
+                        " ".join(doc["images"][i]["input"] for i in case["images"])])
         (tmp / "key.csv").write_text(buf.getvalue(), encoding="utf-8")
         (tmp / "README.txt").write_text(
             f"The answer key of reader study {doc['study_id']} ({doc['title']}).\n"
@@ -674,13 +696,15 @@ def make_from_params(params: dict, modality: str, out: PathLike, *, readers, var
     """A study of a pipeline run: the prepared real images of ``modality`` (test split) and its synthetic set
     (``variant``, default the main one), ``compare`` naming two variants (or ``NAME=PATH`` sets) for
     which-better; ``real``/``synthetic`` override a source; the seed defaults to params.yaml's."""
+    from medti.config import project_root
+
     paths = pipeline_sources(params, modality, variant, compare)
     defaults = [p for p, given in ((paths["real"], real), (paths["synthetic"], synthetic)) if given is None]
     try:
         return make_study(out, readers=readers, real=real or paths["real"],
                           synthetic=synthetic or paths["synthetic"], compare=paths.get("compare"),
                           seed=params.get("seed", 0) if seed is None else seed,
-                          title=title or f"Reader study: {modality}", **kwargs)
+                          title=title or f"Reader study: {modality}", root=project_root(params), **kwargs)
     except InputError as exc:
         if any(str(p) in str(exc) and not Path(p).exists() for p in defaults):
             raise InputError(f"{exc}: run the pipeline up to medti generate for modality '{modality}' first, or "
