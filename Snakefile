@@ -21,7 +21,6 @@ wildcard_constraints:
     cls="[a-z0-9_]+",
     condition="|".join(CONDITIONS),
     variant="|".join(VARIANTS),
-    seed=r"\d+",
 
 
 include: "workflow/rules/data.smk"

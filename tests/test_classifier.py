@@ -8,10 +8,12 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from classifier_support import fast_settings, one_line_error, toy_params
 
 from medti.classifier import load_classifier, train_classifier
 from medti.cli import main
+from medti.config import load_params
 from medti.errors import ConfigError, InputError
 from medti.evaluate.statistics import auc
 from medti.toydata import write_real_set, write_synthetic_set
@@ -93,6 +95,76 @@ def test_pipeline_form_reads_the_condition_and_paths_from_params(tmp_path):
     out = tmp_path / "results" / "classifier" / "toy" / "real" / "seed1"  # <classifier.out>/<modality>/<K>/seed<S>
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["n_synthetic"] == 0 and metrics["n_real"] == 48 and metrics["steps"] == 30 and metrics["seed"] == 1
+
+
+def test_one_job_trains_every_seed_of_a_condition_as_single_runs_would(tmp_path):
+    """--seeds all: params.yaml's seeds one after the other in one process, into <out>/seed<S>, each the run a
+    --seed S call makes (same test predictions), and the folder appears whole at the end."""
+    params = toy_params(tmp_path)
+    seeds = yaml.safe_load(params.read_text())["classifier"]["seeds"]
+    write_real_set(tmp_path / "data" / "prepared" / "toy", size=32, seed=0)
+    assert main(["train-classifier", "--params", str(params), "--modality", "toy", "--condition", "real",
+                 "--seeds", "all", "-q"]) == 0
+    out = tmp_path / "results" / "classifier" / "toy" / "real"
+    assert sorted(p.name for p in out.iterdir()) == [f"seed{s}" for s in seeds]
+    assert not (out.parent / ".medti-partial").exists()  # the staging folder is gone
+    single = tmp_path / "single"
+    assert main(["train-classifier", "--params", str(params), "--modality", "toy", "--condition", "real",
+                 "--seed", str(seeds[-1]), "--out", str(single), "-q"]) == 0
+    together = pd.read_csv(out / f"seed{seeds[-1]}" / "predictions.csv")
+    alone = pd.read_csv(single / "predictions.csv")
+    assert np.allclose(together.filter(like="p_").to_numpy(), alone.filter(like="p_").to_numpy(), atol=1e-5)
+    seed_aucs = {s: json.loads((out / f"seed{s}" / "metrics.json").read_text())["seed"] for s in seeds}
+    assert seed_aucs == {s: s for s in seeds}
+
+
+def test_a_killed_job_of_several_seeds_keeps_the_seeds_it_finished(tmp_path, monkeypatch):
+    """A job that dies in its second seed leaves no output folder (nothing half-written where the workflow looks);
+    run again, it keeps the finished seed as it is and trains only the rest."""
+    import medti.classifier.training as training
+
+    params_file = toy_params(tmp_path)
+    write_real_set(tmp_path / "data" / "prepared" / "toy", size=32, seed=0)
+    params = load_params(params_file)
+    real = tmp_path / "data" / "prepared" / "toy" / "manifest.csv"
+    out = tmp_path / "results" / "classifier" / "toy" / "real"
+    original = training.train_from_params
+
+    def dies_in_seed_1(*args, **kwargs):
+        if args[3] == 1:
+            raise KeyboardInterrupt  # the job is killed while training seed 1
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(training, "train_from_params", dies_in_seed_1)
+    with pytest.raises(KeyboardInterrupt):
+        training.train_condition(params, "toy", "real", [0, 1], real, None, out)
+    assert not out.exists()
+    staged = out.parent / ".medti-partial" / "real" / "seed0" / "model.pt"
+    before = staged.stat().st_mtime_ns
+    monkeypatch.setattr(training, "train_from_params", original)
+    results = training.train_condition(params, "toy", "real", [0, 1], real, None, out)
+    assert [r.out for r in results] == [out / "seed0", out / "seed1"]
+    assert (out / "seed0" / "model.pt").stat().st_mtime_ns == before  # kept, not trained again
+    assert json.loads((out / "seed1" / "metrics.json").read_text())["seed"] == 1
+    # other settings: the finished seed is not kept
+    changed = {**params, "classifier": {**params["classifier"], "steps": 20}}
+    monkeypatch.setattr(training, "train_from_params", dies_in_seed_1)
+    with pytest.raises(KeyboardInterrupt):
+        training.train_condition(changed, "toy", "real", [0, 1], real, None, tmp_path / "other")
+    monkeypatch.setattr(training, "train_from_params", original)
+    training.train_condition(params, "toy", "real", [0], real, None, tmp_path / "other")
+    assert json.loads((tmp_path / "other" / "seed0" / "metrics.json").read_text())["steps"] == 30
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--condition", "real", "--seeds", "0,1", "--seed", "1"], "--seed and --seeds"),
+    (["--condition", "real", "--seeds", "1,1"], "--seeds 1,1: give one or more different seeds"),
+    (["--condition", "real", "--seeds", "a"], "--seeds a: 'all' or integers"),
+])
+def test_bad_seeds_are_one_line_errors(tmp_path, argv, message, capsys):
+    params = toy_params(tmp_path)
+    assert main(["train-classifier", "--params", str(params), "--modality", "toy", *argv]) != 0
+    assert message in capsys.readouterr().err
 
 
 def _captured_settings(monkeypatch, argv: list[str]) -> dict:

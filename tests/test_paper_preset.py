@@ -99,7 +99,7 @@ def test_snakemake_plans_the_papers_whole_table(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     rules = re.findall(r"^(?:local)?rule (\w+):$", proc.stdout + proc.stderr, flags=re.M)
     assert rules.count("prepare") == 3 and rules.count("train_embedding") == 6 and rules.count("evaluate") == 3
-    assert rules.count("generate") == 3 * 2 and rules.count("train_classifier") == 3 * 4 * 5
+    assert rules.count("generate") == 3 * 2 and rules.count("train_classifier") == 3 * 4
     out = proc.stdout + proc.stderr
     assert "--variant images_10 --embeddings embeddings/prostate_mri --out data/synthetic/prostate_mri/images_10" in out
-    assert "output: results/classifier/prostate_mri/synthetic_10/seed4" in out
+    assert "output: results/classifier/prostate_mri/synthetic_10\n" in out  # its 5 seeds in one job

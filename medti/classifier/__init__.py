@@ -20,12 +20,14 @@ history.csv and curves.png (training loss and validation AUROC), roc.png, confus
 
 Python API (imported lazily, so ``import medti.classifier`` loads no torch)::
 
-    from medti.classifier import ClassifierSettings, train_classifier, train_from_params, load_classifier
+    from medti.classifier import (ClassifierSettings, load_classifier, train_classifier, train_condition,
+                                  train_from_params)
 
     result = train_classifier("data/prepared/chest_xray/manifest.csv", "runs/real/seed0",
                               settings=ClassifierSettings(steps=500), seed=0)        # all real images
     result.metrics["test_auc"]
-    train_from_params(params, "chest_xray", "real_synthetic", 0, real, synthetic, out)  # as the pipeline does
+    train_from_params(params, "chest_xray", "real_synthetic", 0, real, synthetic, out)  # one seed
+    train_condition(params, "chest_xray", "real", [0, 1, 2], real, None, "runs/real")  # as the pipeline does
     net, spec = load_classifier("runs/real/seed0")
 
 Parts: :mod:`~medti.classifier.settings` (ClassifierSettings), :mod:`~medti.classifier.data` (the images of
@@ -57,11 +59,12 @@ __all__ = [
     "task_classes",
     "train_classifier",
     "train_from_params",
+    "train_condition",
 ]
 __getattr__, __dir__ = lazy_exports(__name__, {
     **dict.fromkeys(["ClassifierSettings"], "settings"),
     **dict.fromkeys(["BatchOrder", "ClassifierResult", "augment_paper", "fit", "load_classifier", "train_classifier",
-                     "train_from_params"], "training"),
+                     "train_from_params", "train_condition"], "training"),
     **dict.fromkeys(["ExperimentData", "Split", "check_same_labels", "condition_counts", "load_experiment",
                      "parse_count", "read_rows", "task_classes"], "data"),
     **dict.fromkeys(["NetworkSpec", "build_network", "predict"], "networks"),

@@ -5,7 +5,10 @@ Pipeline mode: ``--params params.yaml --modality M --condition K --seed S``: the
 ``classifier`` (the modality's overrides merged in), the condition's counts its ``classifier.conditions.K``,
 and the inputs and output default to the params paths: ``--real <prepare.out>/M/manifest.csv``,
 ``--synthetic <generate.out>/M`` (the modality's synthetic sets, one folder per embedding variant: the condition's
-``variant`` is used), ``--out <classifier.out>/M/K/seedS``.
+``variant`` is used), ``--out <classifier.out>/M/K/seedS``. ``--seeds all`` (params.yaml's ``classifier.seeds``) or
+``--seeds 0,1,2`` trains every seed of the condition in one process (what the pipeline runs: the start-up is paid
+once), into ``--out <classifier.out>/M/K`` (``seed<S>`` folders, all appearing at the end; a killed job run again
+keeps the seeds it finished).
 
 Standalone: ``--real MANIFEST [--synthetic MANIFEST] --out DIR [--real-count N|all] [--synthetic-count N|all]
 [--classes a,b]`` (defaults: all real images, and all synthetic ones when ``--synthetic`` is given).
@@ -44,7 +47,10 @@ def add_parser(sub) -> None:
                     help="the synthetic manifest (medti generate); pipeline mode also a folder of sets, one per "
                          "embedding variant, of which the condition's is used")
     io.add_argument("--out", metavar="DIR", help="the run's output folder")
-    io.add_argument("--seed", type=int, default=0, help="seed of everything random in the run (default 0)")
+    io.add_argument("--seed", type=int, default=None, help="seed of everything random in the run (default 0)")
+    pipe.add_argument("--seeds", metavar="all|S,S", help="train these seeds of the condition, one after the other in "
+                                                          "this process, into --out/seed<S> (all: params.yaml's "
+                                                          "classifier.seeds)")
     io.add_argument("--checkpoint-dir", metavar="DIR",
                     help="where checkpoints go (default: .medti/checkpoints/classifier/... under the project root)")
     alone = p.add_argument_group("standalone only (pipeline mode: the condition and params.yaml say)")
@@ -86,6 +92,19 @@ def settings_overrides(args: argparse.Namespace) -> dict:
 
 
 
+def parse_seeds(value: str, params: dict) -> list[int]:
+    """``--seeds``: ``all`` (params.yaml's classifier.seeds) or a comma-separated list of different integers."""
+    if value.strip() == "all":
+        return [int(s) for s in (params.get("classifier") or {}).get("seeds") or [0]]
+    try:
+        seeds = [int(s) for s in csv_list(value)]
+    except ValueError:
+        raise ConfigError(f"--seeds {value}: 'all' or integers separated by commas (e.g. 0,1,2)") from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ConfigError(f"--seeds {value}: give one or more different seeds")
+    return seeds
+
+
 def pipeline_paths(params: dict, modality: str, condition: str, seed: int) -> dict[str, Path]:
     """Where pipeline mode reads and writes when the flags leave it open (params.yaml's paths)."""
     return {"real": params_folder(params, "prepare.out") / modality / "manifest.csv",
@@ -107,13 +126,29 @@ def run(args: argparse.Namespace) -> int:
         if given:
             raise ConfigError(f"medti {COMMAND}: {', '.join(given)}: standalone only (in pipeline mode the condition "
                               "gives the counts and params.yaml the classes)")
+        if args.seeds is not None:
+            if args.seed is not None:
+                raise ConfigError(f"medti {COMMAND}: --seed and --seeds: give one of them")
+            from medti.classifier import train_condition
+
+            seeds = parse_seeds(args.seeds, params)
+            out = args.out or params_folder(params, "classifier.out") / modality / args.condition
+            paths = pipeline_paths(params, modality, args.condition, seeds[0])
+            train_condition(params, modality, args.condition, seeds, args.real or paths["real"],
+                            args.synthetic or paths["synthetic"], out, threads=args.threads,
+                            checkpoint_dir=args.checkpoint_dir, **overrides)
+            return 0
         from medti.classifier import train_from_params
 
-        paths = pipeline_paths(params, modality, args.condition, args.seed)
-        train_from_params(params, modality, args.condition, args.seed, args.real or paths["real"],
+        seed = 0 if args.seed is None else args.seed
+        paths = pipeline_paths(params, modality, args.condition, seed)
+        train_from_params(params, modality, args.condition, seed, args.real or paths["real"],
                           args.synthetic or paths["synthetic"], args.out or paths["out"], threads=args.threads,
                           checkpoint_dir=args.checkpoint_dir, **overrides)
         return 0
+    if args.seeds is not None:
+        raise ConfigError(f"medti {COMMAND}: --seeds needs pipeline mode (--params P --modality M --condition K); "
+                          "standalone, train one --seed per call")
     if args.condition:
         raise ConfigError(f"medti {COMMAND}: --condition needs pipeline mode (--params P --modality M): conditions "
                           "live in params.yaml; standalone, give --real-count/--synthetic-count")
@@ -129,6 +164,6 @@ def run(args: argparse.Namespace) -> int:
                                   "--synthetic-count")
     train_classifier(args.real, args.out, settings=ClassifierSettings.from_section({}, **overrides),
                      synthetic_manifest=args.synthetic, real_count=real_count, synthetic_count=synthetic_count,
-                     seed=args.seed, classes=csv_list(args.classes), threads=args.threads,
+                     seed=0 if args.seed is None else args.seed, classes=csv_list(args.classes), threads=args.threads,
                      checkpoint_dir=args.checkpoint_dir)
     return 0

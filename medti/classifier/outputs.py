@@ -58,11 +58,13 @@ def confusion(labels, probs, k: int) -> np.ndarray:
     return out
 
 
-def write_outputs(folder: Path, state, spec, settings, data, history, metrics, probs, title) -> None:
-    """Every file of a run's folder (see :mod:`medti.classifier`)."""
+def write_outputs(folder: Path, state, spec, settings, data, history, metrics, probs, title,
+                  run_key: str | None = None) -> None:
+    """Every file of a run's folder (see :mod:`medti.classifier`); ``run_key``: what the run was trained from
+    (settings, network, images, seed, device type), so that a job of several seeds can keep a finished one."""
     with atomic_path(folder / "model.pt") as tmp, open(tmp, "wb") as fh:
         torch.save(state, fh)  # to a file object: the archive is not named after the (random) temporary file
-    write_json(folder / "model.json", {"network": spec.to_dict(), "settings": settings.to_dict()})
+    write_json(folder / "model.json", {"network": spec.to_dict(), "settings": settings.to_dict(), "run_key": run_key})
     write_json(folder / "metrics.json", metrics)
     pred = pd.DataFrame({"id": data.test.ids, "label": data.test.labels,
                          "class": [data.classes[k] for k in data.test.labels]})

@@ -1,5 +1,6 @@
-# Diagnostic classifiers per condition (real, real+synthetic, synthetic per embedding variant) and seed, then their
-# evaluation (which also judges the healthy -> diseased sweeps with the real-only classifiers).
+# Diagnostic classifiers per condition (real, real+synthetic, synthetic per embedding variant), every seed of a
+# condition in one job (`--seeds all`: the start-up is paid once), then their evaluation (which also judges the
+# healthy -> diseased sweeps with the real-only classifiers).
 
 
 rule train_classifier:
@@ -7,11 +8,11 @@ rule train_classifier:
         prepared=f"{OUT['prepared']}/{{modality}}",
         synthetic=condition_synthetic,
     output:
-        directory(f"{OUT['classifiers']}/{{modality}}/{{condition}}/seed{{seed}}"),
+        directory(f"{OUT['classifiers']}/{{modality}}/{{condition}}"),
     log:
-        "logs/train_classifier/{modality}/{condition}/seed{seed}.log",
+        "logs/train_classifier/{modality}/{condition}.log",
     benchmark:
-        "benchmarks/train_classifier/{modality}/{condition}/seed{seed}.tsv"
+        "benchmarks/train_classifier/{modality}/{condition}.tsv"
     conda:
         "../envs/medti.yaml"
     threads: 1
@@ -22,16 +23,14 @@ rule train_classifier:
         synthetic=lambda wc: f"{OUT['synthetic']}/{wc.modality}",
     shell:
         "medti train-classifier --params params.yaml --modality {wildcards.modality}"
-        " --condition {wildcards.condition} --seed {wildcards.seed}"
+        " --condition {wildcards.condition} --seeds all"
         " --real {input.prepared}/manifest.csv --synthetic {params.synthetic} --out {output}"
         " --log {log} 2> {log}"
 
 
 rule evaluate:
     input:
-        classifiers=expand(
-            f"{OUT['classifiers']}/{{{{modality}}}}/{{condition}}/seed{{seed}}", condition=CONDITIONS, seed=SEEDS
-        ),
+        classifiers=expand(f"{OUT['classifiers']}/{{{{modality}}}}/{{condition}}", condition=CONDITIONS),
         prepared=f"{OUT['prepared']}/{{modality}}",
         synthetic=expand(f"{OUT['synthetic']}/{{{{modality}}}}/{{variant}}", variant=VARIANTS),
         embeddings=embedding_folders,
@@ -49,7 +48,7 @@ rule evaluate:
     threads: 1
     params:
         settings=settings("evaluate", "classifier"),
-        classifiers=parent_of("classifiers", levels=2),
+        classifiers=parent_of("classifiers"),
         synthetic=parent_of("synthetic"),
         embeddings=parent_of("embeddings"),
     shell:

@@ -27,7 +27,6 @@ except ConfigError as exc:
 MODALITIES = list(config["modalities"])
 CONDITIONS = list(config["classifier"]["conditions"])
 VARIANTS = list(variants(config))  # embedding variants: each its own embeddings and synthetic set; first: main
-SEEDS = list(config["classifier"]["seeds"])
 OUT = {
     "phantoms": config["phantoms"]["out"],
     "prepared": config["prepare"]["out"],
