@@ -157,4 +157,4 @@ def record_in_dvc_lock():
             "The outputs are kept. Once the cause is fixed, run:\n"
             f"  dvc commit --force {' '.join(shlex.quote(t) for t in targets)}"
         )
-    logger.info(f"dvc.lock: recorded the outputs of {len(jobs)} job(s) (dvc commit)")
+    logger.info(f"dvc.lock: recorded the outputs of {len(jobs)} job(s) (medti workflow record)")
