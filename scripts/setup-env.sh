@@ -2,7 +2,8 @@
 # Create (or reuse) the project's virtual environment and install medti with its workflow tools.
 # CPU torch is installed first on its own (MEDTI_TORCH, default torch==2.13.0): an open range would pull a
 # multi-GB CUDA build. On a GPU machine install your CUDA torch first, or set MEDTI_TORCH to its spec.
-# MEDTI_EXTRAS: the extras to install (default workflow,dicom-codecs,dev; the main job needs no dev tools).
+# MEDTI_EXTRAS: the extras to install (default workflow,dicom-codecs,kubernetes,dev: what the tests use; the
+# main job, scripts/run-default.sh, installs workflow,dicom-codecs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${MEDTI_VENV:-.venv}
@@ -15,5 +16,5 @@ python -m pip install -q --upgrade pip
 if ! python -c "import torch" 2>/dev/null; then
   python -m pip install -q "${MEDTI_TORCH:-torch==2.13.0}"
 fi
-python -m pip install -q -e ".[${MEDTI_EXTRAS:-workflow,dicom-codecs,dev}]"
+python -m pip install -q -e ".[${MEDTI_EXTRAS:-workflow,dicom-codecs,kubernetes,dev}]"
 python -m pip check
