@@ -278,3 +278,43 @@ def _holder(path: Path) -> str:
     except (OSError, ValueError):
         return ""
     return f" (pid {pid})" if pid.isdigit() else ""
+
+
+# -- staging folders for jobs that resume -----------------------------------------------------------------------
+PARTIAL = ".medti-partial"
+
+
+def staging_dir(out: str | os.PathLike) -> Path:
+    """Where a resumable job builds the folder ``out`` until it is complete: ``<parent>/.medti-partial/<name>``,
+    beside ``out`` (outside what a workflow manager deletes) and on its filesystem (it moves in by rename)."""
+    out = Path(os.path.abspath(out))
+    return out.parent / PARTIAL / out.name
+
+
+def open_staging(out: str | os.PathLike, what: str) -> Path:
+    """:func:`staging_dir` of ``out``, made, with a .gitignore in ``.medti-partial`` saying what it holds."""
+    stage = staging_dir(out)
+    for attempt in range(3):  # a sibling job may remove an empty .medti-partial meanwhile
+        try:
+            stage.mkdir(parents=True, exist_ok=True)
+            break
+        except FileNotFoundError:
+            if attempt == 2:
+                raise
+    if not (stage.parent / ".gitignore").is_file():
+        write_text(stage.parent / ".gitignore", f"# medti: {what} (resume state)\n*\n")
+    return stage
+
+
+def tidy_staging(partial: Path) -> None:
+    """Remove ``.medti-partial`` when no other job is staging in it."""
+    try:
+        rest = [p for p in partial.iterdir() if p.name != ".gitignore"]
+    except FileNotFoundError:
+        return
+    if not rest:
+        (partial / ".gitignore").unlink(missing_ok=True)
+        try:
+            partial.rmdir()
+        except OSError:
+            pass

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from medti.atomic import atomic_dir, sweep_stale_temporaries
+from medti.atomic import atomic_dir, open_staging, sweep_stale_temporaries, tidy_staging
 from medti.checkpoint import CheckpointStore, checkpoint_dir_for, fingerprint
 from medti.classifier.data import ExperimentData, condition_counts, load_experiment
 from medti.classifier.networks import NetworkSpec, build_network, check_pretrained, legacy_keys, predict, standardise
@@ -393,17 +393,11 @@ def train_condition(params: dict, modality: str, condition: str, seeds: list[int
     (``<parent>/.medti-partial/<name>``, outside what a workflow manager deletes) and ``out`` appears whole at the
     end; a killed job run again keeps the seeds it finished (same settings and images) and resumes the one it was
     training from its checkpoint."""
-    from medti.atomic import write_text
-    from medti.generate.synthetic import PARTIAL
-
     seeds = [int(s) for s in seeds]
     if not seeds or len(set(seeds)) != len(seeds):
         raise ConfigError(f"--seeds {','.join(map(str, seeds)) or '(none)'}: give one or more different seeds")
     out = Path(os.path.abspath(out))
-    staging = out.parent / PARTIAL / out.name
-    staging.mkdir(parents=True, exist_ok=True)
-    if not (staging.parent / ".gitignore").is_file():
-        write_text(staging.parent / ".gitignore", "# medti: unfinished classifier jobs (resume state)\n*\n")
+    staging = open_staging(out, "unfinished classifier jobs")
     for extra in staging.iterdir():  # seeds of an earlier job with other seeds
         if extra.is_dir() and extra.name not in {f"seed{s}" for s in seeds} and not extra.name.startswith("."):
             shutil.rmtree(extra)
@@ -417,13 +411,7 @@ def train_condition(params: dict, modality: str, condition: str, seeds: list[int
         for seed in seeds:
             os.replace(staging / f"seed{seed}", tmp / f"seed{seed}")
     shutil.rmtree(staging, ignore_errors=True)
-    try:
-        rest = [p for p in staging.parent.iterdir() if p.name != ".gitignore"]
-        if not rest:
-            (staging.parent / ".gitignore").unlink(missing_ok=True)
-            staging.parent.rmdir()
-    except OSError:
-        pass  # another condition's job is staging beside it
+    tidy_staging(staging.parent)
     return [ClassifierResult(out=out / f"seed{r.metrics.get('seed', s)}", metrics=r.metrics)
             for r, s in zip(results, seeds)]
 

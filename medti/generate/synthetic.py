@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
+from medti.atomic import open_staging, staging_dir, tidy_staging
 from medti.errors import ConfigError, InputError
 from medti.hashing import json_digest, sha256_hex
 
@@ -57,7 +58,6 @@ SETTINGS_FILE = "generate.json"
 MANIFEST = "manifest.csv"
 GRID = "grid.png"
 SHARDS = "shards"
-PARTIAL = ".medti-partial"
 GRID_PER_CLASS = 8
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 
@@ -187,13 +187,6 @@ def generate_set(model: BaseModel, spec: SetSpec, out: str | os.PathLike, *, bat
         return _generate_shard(sampler, spec, out, items, batch_size)
 
 
-def staging_dir(out: str | os.PathLike) -> Path:
-    """Where an unsharded run draws the set ``out`` until it is complete: ``<parent>/.medti-partial/<name>``,
-    beside ``out`` (outside what a workflow manager deletes) and on its filesystem (the set moves in by rename)."""
-    out = Path(os.path.abspath(out))
-    return out.parent / PARTIAL / out.name
-
-
 def _draw(sampler: Sampler, spec: SetSpec, folder: Path, todo: list[Item], batch_size: int) -> float:
     """Draw ``todo`` into ``folder``, each batch saved as soon as it is decoded; return the seconds it took."""
     start = time.perf_counter()
@@ -239,7 +232,7 @@ def _generate_staged(sampler: Sampler, spec: SetSpec, out: Path, items: list[Ite
     _write_set(stage, rows, [c.name for c in spec.classes])
     write_json(stage / SETTINGS_FILE, _settings_record(spec, stats))
     replace_dir(stage, out)
-    _tidy_partial(stage.parent)
+    tidy_staging(stage.parent)
     return SetResult(out, out / MANIFEST, len(todo), skipped, seconds, stats)
 
 
@@ -312,7 +305,7 @@ def _open_stage(stage: Path, spec: SetSpec) -> None:
     """The staging folder for ``spec``: images staged with other settings (or unrecorded ones) are discarded
     before this run's settings are recorded, and recorded before its first image is drawn, so every staged
     image was drawn with the recorded settings."""
-    from medti.atomic import write_json, write_text
+    from medti.atomic import write_json
 
     old = _read_json(stage / SETTINGS_FILE)
     if stage.exists() and (old is None or old.get("fingerprint") != spec.fingerprint()):
@@ -321,15 +314,7 @@ def _open_stage(stage: Path, spec: SetSpec) -> None:
             log.warning("discarding %d images staged in %s with other settings (%s)", staged, stage,
                         ", ".join(_differences(old, spec)) if old else "unrecorded")
         shutil.rmtree(stage)
-    for attempt in range(3):  # a sibling set's run may remove an empty .medti-partial meanwhile
-        try:
-            stage.mkdir(parents=True, exist_ok=True)
-            break
-        except FileNotFoundError:
-            if attempt == 2:
-                raise
-    if not (stage.parent / ".gitignore").is_file():
-        write_text(stage.parent / ".gitignore", "# medti: unfinished synthetic sets (resume state)\n*\n")
+    open_staging(stage.parent.parent / stage.name, "unfinished synthetic sets")
     if old is None or old.get("fingerprint") != spec.fingerprint():
         write_json(stage / SETTINGS_FILE, _settings_record(spec, None))
 
@@ -365,19 +350,6 @@ def _drop_extra(stage: Path, spec: SetSpec, items: list[Item]) -> None:
         if entry.is_dir() and entry.name not in names and entry.name != SHARDS:
             shutil.rmtree(entry)
 
-
-def _tidy_partial(partial: Path) -> None:
-    """Remove ``.medti-partial`` when no other set is staged in it."""
-    try:
-        rest = [p for p in partial.iterdir() if p.name != ".gitignore"]
-    except FileNotFoundError:
-        return
-    if not rest:
-        (partial / ".gitignore").unlink(missing_ok=True)
-        try:
-            partial.rmdir()
-        except OSError:
-            pass
 
 
 def _settings_record(spec: SetSpec, stats: dict | None) -> dict:
