@@ -412,8 +412,7 @@ def train_condition(params: dict, modality: str, condition: str, seeds: list[int
             os.replace(staging / f"seed{seed}", tmp / f"seed{seed}")
     shutil.rmtree(staging, ignore_errors=True)
     tidy_staging(staging.parent)
-    return [ClassifierResult(out=out / f"seed{r.metrics.get('seed', s)}", metrics=r.metrics)
-            for r, s in zip(results, seeds)]
+    return [ClassifierResult(out=out / f"seed{s}", metrics=r.metrics) for r, s in zip(results, seeds)]
 
 
 def load_classifier(folder: PathLike, device: str = "cpu") -> tuple[torch.nn.Module, NetworkSpec]:

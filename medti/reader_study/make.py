@@ -403,6 +403,7 @@ def make_study(out: PathLike, *, readers, real: PathLike | None = None, syntheti
 
     from medti.config import project_root
     from medti.deid import Deidentifier, InputNames, load_salt
+    from medti.hashing import file_sha256
 
     root = Path(root) if root is not None else project_root()
     names = InputNames(Deidentifier(load_salt(root)), root)
@@ -417,7 +418,7 @@ def make_study(out: PathLike, *, readers, real: PathLike | None = None, syntheti
         blobs[ident] = data
         name, c = source_of[p]
         images[ident] = {"source": name, "class": c, "input": names.id(os.path.abspath(p)),
-                         "file_sha256": _file_sha256(p), "sha256": hashlib.sha256(data).hexdigest()}
+                         "file_sha256": file_sha256(p), "sha256": hashlib.sha256(data).hexdigest()}
 
     cases, items, public_items = {}, {}, {}
     case_items: dict[str, list[str]] = {}
@@ -491,15 +492,6 @@ def make_study(out: PathLike, *, readers, real: PathLike | None = None, syntheti
     log.info("reader study %s: %s (%d items per reader: %s), key in %s", study_id, out / "study.html",
              sum(counts.values()), ", ".join(f"{t} {n}" for t, n in counts.items()), key_dir)
     return Study(study_id, out, out / "study.html", key_dir, readers, counts, study_classes)
-
-
-def _file_sha256(path: PathLike) -> str:
-    """The checksum of an image file as it is on disk: finds it again without a path."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _default_title(tasks: list[str]) -> str:
