@@ -381,6 +381,64 @@ def test_standalone_cli_loads_diffusers_and_a1111_embeddings(tmp_path, capsys):
     assert_drawn_with(df, out, loaded)
 
 
+def test_contrast_weighs_each_class_against_the_others_in_the_same_template():
+    from medti.generate.jobs import contrast_prompts
+
+    two = {"a": ["x of <a>", "y, <a>"], "b": ["x of <b>", "y, <b>"]}
+    assert contrast_prompts(two, 0.0) == two
+    assert contrast_prompts(two, 0.5) == {"a": ["x of <a>:1.5 AND x of <b>:-0.5", "y, <a>:1.5 AND y, <b>:-0.5"],
+                                          "b": ["x of <b>:1.5 AND x of <a>:-0.5", "y, <b>:1.5 AND y, <a>:-0.5"]}
+    three = contrast_prompts({"a": ["<a>"], "b": ["<b>"], "c": ["<c>"]}, 1.0)
+    assert three["b"] == ["<b>:2 AND <a>:-0.5 AND <c>:-0.5"]
+    for prompts in three.values():  # the weights sum to one: the plain guidance plus the class-vs-others term
+        assert sum(w for _, w in parse_weighted_prompt(prompts[0]).terms) == pytest.approx(1.0)
+    assert contrast_prompts({"only": ["<only>"]}, 0.5) == {"only": ["<only>"]}
+
+
+def test_a_negative_weight_extrapolates_away_from_the_other_prompt(model):
+    """Contrast is composable diffusion's negation: with one DDIM step the result is affine in the guided noise
+    prediction, so 'a:1.5 AND b:-0.5' lands at a + 0.5 (a - b)."""
+    s = Sampler(model)
+    shape = s.latent_shape(RES)
+
+    def latents(prompt):
+        cond = s.condition([prompt])
+        return s.denoise(cond.table, cond.terms, [9], shape, steps=1, guidance=5.0, scheduler="ddim")
+
+    a, b = latents("a chest x-ray"), latents("a brain mri")
+    torch.testing.assert_close(latents("a chest x-ray:1.5 AND a brain mri:-0.5"), a + 0.5 * (a - b),
+                               atol=1e-4, rtol=1e-4)
+
+
+def test_pipeline_contrast_draws_the_weighted_prompts_and_keeps_each_class_embedding(tmp_path, capsys):
+    from medti.config import class_token
+
+    emb_dir = tmp_path / "emb"
+    embeddings = {cls: Embedding(class_token("chest_xray", cls), _vectors(2, seed=20 + i))
+                  for i, cls in enumerate(("normal", "opacity"))}
+    for cls, emb in embeddings.items():
+        save_embedding(emb, emb_dir / f"{cls}.safetensors")
+    common = ["generate", "--params", ROOT / "params.yaml", "--modality", "chest_xray", "--embeddings", emb_dir,
+              "--n", 2, *SAMPLING]
+    rc, err = _cli(capsys, *common, "--out", tmp_path / "plain", "--contrast", 0)
+    assert rc == 0, err
+    rc, err = _cli(capsys, *common, "--out", tmp_path / "contrast", "--contrast", 0.5)
+    assert rc == 0, err
+    df = read_manifest(tmp_path / "contrast" / "manifest.csv", absolute=False).sort_values("path")
+    assert list(df[df["class"] == "normal"]["prompt"]) == [
+        "a chest x-ray showing <chest_xray-normal>:1.5 AND a chest x-ray showing <chest_xray-opacity>:-0.5",
+        "a frontal chest radiograph, <chest_xray-normal>:1.5 AND a frontal chest radiograph, <chest_xray-opacity>:-0.5"]
+    # evaluate checks each class's images against its own embedding: the checksum names the class's, not both
+    assert dict(zip(df["class"], df["embedding_checksum"])) == {c: e.checksum() for c, e in embeddings.items()}
+    assert_drawn_with(df, tmp_path / "contrast", {e.token: e.vectors for e in embeddings.values()})
+    plain = read_manifest(tmp_path / "plain" / "manifest.csv", absolute=False).sort_values("path")
+    assert list(plain["seed"]) == list(df["seed"])  # the same noise, drawn with other guidance
+    assert all(file_sha256(tmp_path / "plain" / p) != file_sha256(tmp_path / "contrast" / p) for p in df["path"])
+    rc, err = _cli(capsys, "generate", "--base-model", "tiny", "--prompt", "a chest x-ray", "--out",
+                   tmp_path / "standalone", "--contrast", 0.5)
+    assert rc == 2 and "--contrast is for pipeline mode" in err and not (tmp_path / "standalone").exists()
+
+
 def test_pipeline_mode_generates_every_class_with_its_templates_and_tracks(tmp_path, capsys, tracking_env):
     from mlflow.tracking import MlflowClient
 

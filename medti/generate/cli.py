@@ -31,6 +31,9 @@ def add_parser(sub) -> None:
     g.add_argument("--out", metavar="DIR", help="output folder: PNGs, manifest.csv, grid.png (pipeline default: "
                                                 "<generate.out>/<modality>/<variant>)")
     g.add_argument("--shard", metavar="K/N", help="draw only shard K of N (1-based); join with merge-shards")
+    g.add_argument("--contrast", type=float, metavar="C",
+                   help="pipeline mode: draw each class away from the others: its prompt weighs 1+C, theirs "
+                        "-C/(classes-1) (params: generate.contrast; 0: plain prompts, as the paper)")
     _add_sampling(g)
     g.set_defaults(func=_generate)
 
@@ -164,14 +167,15 @@ def _generate(args) -> int:
         args.out = args.out or str(params_folder(params, "generate.out") / args.modality
                                    / (args.variant or main_variant(params)))
         generate_modality(params, args.modality, args.embeddings, args.out, shard=args.shard, runtime=runtime,
-                          variant=args.variant, n_per_class=args.n, **_sampling_args(args))
+                          variant=args.variant, n_per_class=args.n, contrast=args.contrast, **_sampling_args(args))
         return 0
     if args.variant:
         raise ConfigError("medti generate: --variant is for pipeline mode (with --params and --modality)")
     if not args.prompt:
         raise ConfigError("medti generate: give --prompt (standalone) or --params P --modality M (pipeline)")
     generate_standalone(args.out, args.prompt, args.n, embeddings=args.embedding, class_names=args.class_name,
-                        shard=args.shard, params=params, runtime=runtime, **_sampling_args(args))
+                        shard=args.shard, params=params, runtime=runtime, contrast=args.contrast,
+                        **_sampling_args(args))
     return 0
 
 

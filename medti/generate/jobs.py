@@ -167,12 +167,31 @@ def generate_modality(params: dict, modality: str, embeddings_dir: str | os.Path
     cfg = settings(params, modality, **cli)
     shard_kn = parse_shard(shard)
     loaded = load_modality(params, modality, embeddings_dir, runtime, variant)
-    classes = [ClassSpec(c, i, prompts, loaded.checksums(prompts[0]))
+    drawn = contrast_prompts(loaded.class_prompts, float(cfg.get("contrast") or 0))
+    classes = [ClassSpec(c, i, drawn[c], loaded.checksums(prompts[0]))
                for i, (c, prompts) in enumerate(loaded.class_prompts.items())]
     spec = _set_spec(loaded, modality, classes, cfg, shard_kn,
                      channels=stage(params, "prepare", modality).get("channels", "rgb"))
     spec.variant = variant or main_variant(params)
     return _run(params, loaded, spec, out, cfg, inputs={"embeddings": Path(embeddings_dir)})
+
+
+def contrast_prompts(class_prompts: dict[str, list[str]], contrast: float) -> dict[str, list[str]]:
+    """Each class's prompts drawn away from the modality's other classes: composable diffusion's negation (Liu et
+    al. 2022, "NOT"), in A1111's syntax. The class's prompt weighs ``1 + contrast``, every other class's in the same
+    template ``-contrast / (K - 1)``, so the guidance is the plain one plus ``contrast`` times the difference between
+    the class and the others: what tells the classes apart is drawn more strongly, what they share (the modality)
+    stays. Without a second class, or at 0 (the paper), the plain prompts."""
+    if contrast <= 0 or len(class_prompts) < 2:
+        return {c: list(p) for c, p in class_prompts.items()}
+    others = len(class_prompts) - 1
+    out = {}
+    for c, prompts in class_prompts.items():
+        out[c] = [" AND ".join([f"{prompt}:{1 + contrast:g}"]
+                               + [f"{class_prompts[o][j % len(class_prompts[o])]}:{-contrast / others:g}"
+                                  for o in class_prompts if o != c])
+                  for j, prompt in enumerate(prompts)]
+    return out
 
 
 def generate_standalone(out: str | os.PathLike, prompts: list[str], n: int | None, *,
@@ -188,7 +207,11 @@ def generate_standalone(out: str | os.PathLike, prompts: list[str], n: int | Non
     if len(class_names) != len(prompts):
         raise ConfigError(f"{len(prompts)} prompts but {len(class_names)} class names: "
                           "give one --class-name per --prompt")
+    if cli.get("contrast"):
+        raise ConfigError("--contrast is for pipeline mode (the classes of a modality); standalone, weigh the "
+                          "other class in the prompt: 'A:1.5 AND B:-0.5'")
     cfg = settings(params, None, n_per_class=n, **cli)
+    cfg.pop("contrast", None)   # a project's contrast needs its classes: pipeline mode only
     shard_kn = parse_shard(shard)
     classes = [ClassSpec(name, i, [prompt]) for i, (name, prompt) in enumerate(zip(class_names, prompts))]
     loaded = load_standalone(embeddings, runtime, params)
