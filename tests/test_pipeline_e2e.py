@@ -86,7 +86,7 @@ def snakemake_project(tmp_path_factory, pytestconfig):
 # 0.53; docs/performance.md); a break anywhere between an embedding and a synthetic set's labels falls below.
 SYNTHETIC_ONLY_AUC_FLOOR = 0.70
 AGREEMENT_FLOOR = 0.65  # overall
-CLASS_AGREEMENT_FLOOR = 0.40
+CLASS_AGREEMENT_FLOOR = 0.60  # measured: 0.80 (chest normal) and up
 
 
 def test_snakemake_runs_the_default_pipeline_to_a_report(snakemake_project):

@@ -68,6 +68,13 @@ def gpu(section):
     return get
 
 
+def embedding_threads(wildcards):
+    """Threads of a train_embedding job: one where it trains on the CPU, two beside a GPU. Its small steps use a
+    second core poorly (2 threads: 17 % less time for 14 % more CPU time on two cores), so on a CPU-only machine
+    one thread per job and more jobs side by side finish the pipeline sooner (docs/performance.md)."""
+    return 2 if HAS_GPU and config["base_model"]["device"] != "cpu" else 1
+
+
 def settings(section, *extra):
     """Parameters for Snakemake's params rerun trigger (the stage section for the modality)."""
 

@@ -14,7 +14,7 @@ rule train_embedding:
         "benchmarks/train_embedding/{modality}/{cls}.tsv"
     conda:
         "../envs/medti.yaml"
-    threads: 2
+    threads: embedding_threads
     resources:
         gpu=gpu("base_model"),
     params:
