@@ -13,14 +13,11 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 . "$VENV/bin/activate"
 python -m pip install -q --upgrade pip
-# pip byte-compiles every installed file one at a time (about half of a fresh install here); compileall does it
-# once at the end on every core, and only when something was installed.
-before=$(python -m pip freeze --all 2>/dev/null | cksum)
+# --no-compile: pip would byte-compile every file of every package, one at a time (half of a fresh install
+# here); Python compiles what a job imports on its first import and caches it in the venv instead.
+# scripts/run-default.sh and scripts/test.sh unset PYTHONDONTWRITEBYTECODE so that cache is written.
 if ! python -c "import torch" 2>/dev/null; then
   python -m pip install -q --no-compile "${MEDTI_TORCH:-torch==2.13.0}"
 fi
 python -m pip install -q --no-compile -e ".[${MEDTI_EXTRAS:-workflow,dicom-codecs,kubernetes,dev}]"
-if [ "$(python -m pip freeze --all 2>/dev/null | cksum)" != "$before" ]; then
-  python -m compileall -q -j 0 "$(python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" >/dev/null || true
-fi
 python -m pip check
