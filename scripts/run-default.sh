@@ -3,7 +3,6 @@
 # report (results/report/index.html). Offline, CPU-only, a few minutes on two cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-unset PYTHONDONTWRITEBYTECODE   # Python caches each compiled module in .venv on first import (setup-env.sh does not compile)
 MEDTI_EXTRAS=${MEDTI_EXTRAS:-workflow,dicom-codecs} bash scripts/setup-env.sh   # the test tools come with scripts/test.sh
 . "${MEDTI_VENV:-.venv}/bin/activate"
 snakemake --cores "${CORES:-4}" --resources gpu=1 "$@"

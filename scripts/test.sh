@@ -4,7 +4,6 @@
 # Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-unset PYTHONDONTWRITEBYTECODE   # Python caches each compiled module in .venv on first import (setup-env.sh does not compile)
 bash scripts/install-system-packages.sh   # Chromium, SLURM, munge, MariaDB (their tests skip without root/apt)
 bash scripts/setup-env.sh
 . "${MEDTI_VENV:-.venv}/bin/activate"
