@@ -14,7 +14,7 @@ fi
 . "$VENV/bin/activate"
 python -m pip install -q --upgrade pip
 # pip byte-compiles every file of every package one at a time (about half of a fresh install here): install with
-# --no-compile and compile once at the end on every core (tests/ folders left out), only when something changed.
+# --no-compile and compile once at the end on every core, only when something changed.
 before=$(python -m pip freeze --all 2>/dev/null | cksum)
 extras=".[${MEDTI_EXTRAS:-workflow,dicom-codecs,kubernetes,dev}]"
 if python -c "import torch" 2>/dev/null; then          # an installed torch (a user's CUDA build) is kept
@@ -27,7 +27,7 @@ else                                                   # CPU torch and the rest 
   python -m pip install -q --no-compile torch==2.13.0 -e "$extras"
 fi
 if [ "$(python -m pip freeze --all 2>/dev/null | cksum)" != "$before" ]; then
-  python -m compileall -q -j 0 -x '[/\\]tests?[/\\]' \
-    "$(python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" >/dev/null || true
+  python -m compileall -q -j 0 "$(python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" \
+    >/dev/null || true
 fi
 python -m pip check
