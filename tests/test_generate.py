@@ -223,18 +223,18 @@ def test_weights_one_and_zero_equal_the_single_prompt(model):
     assert (half - single).abs().max() > 1e-3
 
 
+def _one_ddim_step(model, prompt: str) -> torch.Tensor:
+    """The latents after one guided DDIM step from seed 9: affine in the guided noise prediction."""
+    s = Sampler(model)
+    cond = s.condition([prompt])
+    return s.denoise(cond.table, cond.terms, [9], s.latent_shape(RES), steps=1, guidance=5.0, scheduler="ddim")
+
+
 def test_weights_combine_noise_predictions_not_prompts(model):
     """With one DDIM step the result is affine in the guided noise prediction, so weights that sum to 1 must
     mix the two prompts' results in the same proportions (composable diffusion)."""
-    s = Sampler(model)
-    shape = s.latent_shape(RES)
-
-    def latents(prompt):
-        cond = s.condition([prompt])
-        return s.denoise(cond.table, cond.terms, [9], shape, steps=1, guidance=5.0, scheduler="ddim")
-
-    a, b = latents("a chest x-ray"), latents("a brain mri")
-    mixed = latents("a chest x-ray:0.3 AND a brain mri:0.7")
+    a, b = _one_ddim_step(model, "a chest x-ray"), _one_ddim_step(model, "a brain mri")
+    mixed = _one_ddim_step(model, "a chest x-ray:0.3 AND a brain mri:0.7")
     torch.testing.assert_close(mixed, 0.3 * a + 0.7 * b, atol=1e-4, rtol=1e-4)
 
 
@@ -398,15 +398,8 @@ def test_contrast_weighs_each_class_against_the_others_in_the_same_template():
 def test_a_negative_weight_extrapolates_away_from_the_other_prompt(model):
     """Contrast is composable diffusion's negation: with one DDIM step the result is affine in the guided noise
     prediction, so 'a:1.5 AND b:-0.5' lands at a + 0.5 (a - b)."""
-    s = Sampler(model)
-    shape = s.latent_shape(RES)
-
-    def latents(prompt):
-        cond = s.condition([prompt])
-        return s.denoise(cond.table, cond.terms, [9], shape, steps=1, guidance=5.0, scheduler="ddim")
-
-    a, b = latents("a chest x-ray"), latents("a brain mri")
-    torch.testing.assert_close(latents("a chest x-ray:1.5 AND a brain mri:-0.5"), a + 0.5 * (a - b),
+    a, b = _one_ddim_step(model, "a chest x-ray"), _one_ddim_step(model, "a brain mri")
+    torch.testing.assert_close(_one_ddim_step(model, "a chest x-ray:1.5 AND a brain mri:-0.5"), a + 0.5 * (a - b),
                                atol=1e-4, rtol=1e-4)
 
 
