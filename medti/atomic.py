@@ -291,9 +291,9 @@ def staging_dir(out: str | os.PathLike) -> Path:
     return out.parent / PARTIAL / out.name
 
 
-def open_staging(out: str | os.PathLike, what: str) -> Path:
-    """:func:`staging_dir` of ``out``, made, with a .gitignore in ``.medti-partial`` saying what it holds."""
-    stage = staging_dir(out)
+def open_staging(stage: Path, what: str) -> Path:
+    """Make the staging folder ``stage`` (a :func:`staging_dir`), with a .gitignore in ``.medti-partial`` saying
+    what it holds; returns ``stage``."""
     for attempt in range(3):  # a sibling job may remove an empty .medti-partial meanwhile
         try:
             stage.mkdir(parents=True, exist_ok=True)

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from medti.atomic import atomic_dir, open_staging, sweep_stale_temporaries, tidy_staging
+from medti.atomic import atomic_dir, open_staging, staging_dir, sweep_stale_temporaries, tidy_staging
 from medti.checkpoint import CheckpointStore, checkpoint_dir_for, fingerprint
 from medti.classifier.data import ExperimentData, condition_counts, load_experiment
 from medti.classifier.networks import NetworkSpec, build_network, check_pretrained, legacy_keys, predict, standardise
@@ -397,7 +397,7 @@ def train_condition(params: dict, modality: str, condition: str, seeds: list[int
     if not seeds or len(set(seeds)) != len(seeds):
         raise ConfigError(f"--seeds {','.join(map(str, seeds)) or '(none)'}: give one or more different seeds")
     out = Path(os.path.abspath(out))
-    staging = open_staging(out, "unfinished classifier jobs")
+    staging = open_staging(staging_dir(out), "unfinished classifier jobs")
     for extra in staging.iterdir():  # seeds of an earlier job with other seeds
         if extra.is_dir() and extra.name not in {f"seed{s}" for s in seeds} and not extra.name.startswith("."):
             shutil.rmtree(extra)

@@ -314,7 +314,7 @@ def _open_stage(stage: Path, spec: SetSpec) -> None:
             log.warning("discarding %d images staged in %s with other settings (%s)", staged, stage,
                         ", ".join(_differences(old, spec)) if old else "unrecorded")
         shutil.rmtree(stage)
-    open_staging(stage.parent.parent / stage.name, "unfinished synthetic sets")
+    open_staging(stage, "unfinished synthetic sets")
     if old is None or old.get("fingerprint") != spec.fingerprint():
         write_json(stage / SETTINGS_FILE, _settings_record(spec, None))
 
