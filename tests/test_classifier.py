@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 import yaml
 from classifier_support import fast_settings, one_line_error, toy_params
 
@@ -66,12 +67,20 @@ def test_outputs_model_selection_and_real_test_only(toy, mixed_run):
     best = history.sort_values(["val_auc", "val_loss"], ascending=[False, True]).iloc[0]
     assert metrics["best_step"] == best["step"] and metrics["best_val_auc"] == pytest.approx(best["val_auc"], abs=1e-5)
     # ... and model.pt holds them: reloaded, it gives the written test predictions.
-    from medti.classifier.networks import predict
+    from medti.classifier.networks import build_network, predict
     from medti.imageset import read_manifest_images, to_tensor
 
     net, spec = load_classifier(out)
     images = to_tensor(read_manifest_images([str(real.parent / p) for p in pred["id"]], size=spec.size))
     np.testing.assert_allclose(predict(net, images).numpy(), probs, atol=1e-5)
+    # On the CPU the network runs channels-last (oneDNN's fast path); the file does not depend on that layout: a
+    # network in the plain layout (as on a GPU) reads model.pt and gives the same predictions.
+    assert net.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    assert not net.conv1.weight.is_contiguous()
+    plain = build_network(spec)
+    plain.load_state_dict(torch.load(out / "model.pt", weights_only=True))
+    assert plain.conv1.weight.is_contiguous()
+    np.testing.assert_allclose(predict(plain, images).numpy(), probs, atol=1e-5)
 
 
 def test_multiclass(tmp_path):

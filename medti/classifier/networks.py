@@ -171,6 +171,16 @@ def build_network(spec: NetworkSpec, pretrained: bool | str | os.PathLike = Fals
     return net
 
 
+def place(net: nn.Module, device) -> nn.Module:
+    """``net`` on ``device``; on the CPU in the channels-last layout, oneDNN's fast path for convolutions (the
+    default classifier's training step takes 25 % less time on two cores; docs/performance.md). The layout changes
+    no weight's value and no state dict's keys or shapes."""
+    net = net.to(device)
+    if torch.device(device).type == "cpu":
+        net = net.to(memory_format=torch.channels_last)
+    return net
+
+
 def check_pretrained(arch: str, width: float, pretrained: bool | str | os.PathLike) -> Path | None:
     """The ImageNet weights file ``pretrained`` asks for (None: none), checked before anything is read or
     trained: ConfigError for an architecture or width without ImageNet weights, ModelError (saying where to

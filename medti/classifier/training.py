@@ -25,7 +25,8 @@ import torch.nn.functional as F
 from medti.atomic import atomic_dir, open_staging, staging_dir, sweep_stale_temporaries, tidy_staging
 from medti.checkpoint import CheckpointStore, checkpoint_dir_for, fingerprint
 from medti.classifier.data import ExperimentData, condition_counts, load_experiment
-from medti.classifier.networks import NetworkSpec, build_network, check_pretrained, legacy_keys, predict, standardise
+from medti.classifier.networks import (NetworkSpec, build_network, check_pretrained, legacy_keys, place, predict,
+                                      standardise)
 from medti.classifier.outputs import write_outputs
 from medti.classifier.settings import ClassifierSettings
 from medti.config import condition_variant, project_root, stage
@@ -291,7 +292,7 @@ def train_classifier(real_manifest: PathLike, out: PathLike, *, settings: Classi
         log.info("%s: already trained with these settings and images (test AUC %.3f); kept", name,
                  finished["test_auc"])
         return ClassifierResult(out=out, metrics=finished)
-    net = build_network(spec, pretrained=settings.pretrained).to(device)
+    net = place(build_network(spec, pretrained=settings.pretrained), device)
     variant = variant if data.n_synthetic else None
     tags = {"modality": modality, "condition": condition, "seed": seed, "variant": variant}
     inputs = {"real": real_manifest, "synthetic": synthetic_manifest if data.n_synthetic else None}
@@ -424,6 +425,6 @@ def load_classifier(folder: PathLike, device: str = "cpu") -> tuple[torch.nn.Mod
     spec = NetworkSpec.from_dict(json.loads((folder / "model.json").read_text())["network"])
     net = build_network(spec)
     net.load_state_dict(legacy_keys(torch.load(folder / "model.pt", map_location="cpu", weights_only=True)))
-    return net.to(device).eval(), spec
+    return place(net, device).eval(), spec
 
 

@@ -26,6 +26,7 @@ rule prepare:
         "logs/prepare/{modality}.log",
     benchmark:
         "benchmarks/prepare/{modality}.tsv"
+    priority: PRIORITY["prepare"]
     conda:
         "../envs/medti.yaml"
     threads: config["prepare"]["workers"]

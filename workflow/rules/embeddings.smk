@@ -12,6 +12,7 @@ rule train_embedding:
         "logs/train_embedding/{modality}/{cls}.log",
     benchmark:
         "benchmarks/train_embedding/{modality}/{cls}.tsv"
+    priority: PRIORITY["train_embedding"]
     conda:
         "../envs/medti.yaml"
     threads: embedding_threads

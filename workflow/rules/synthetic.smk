@@ -13,6 +13,7 @@ rule generate:
         "logs/generate/{modality}/{variant}.log",
     benchmark:
         "benchmarks/generate/{modality}/{variant}.tsv"
+    priority: PRIORITY["generate"]
     conda:
         "../envs/medti.yaml"
     threads: 2
