@@ -305,3 +305,38 @@ def test_record_writes_dvc_lock_for_the_given_outputs_only(tmp_path):
     assert "up to date" in status
     with pytest.raises(MedtiError, match="elsewhere.txt: no dvc.yaml stage writes this output"):
         record_outputs(tmp_path, ["elsewhere.txt"])
+
+
+def test_record_records_parameters_as_dvc_commit_does(tmp_path, monkeypatch):
+    """With parameter dependencies on two params files (which `medti workflow record` parses once each), dvc.lock
+    holds exactly what `dvc commit --force` writes for the same outputs."""
+    from medti.workflow import record_outputs
+
+    def project(where):
+        where.mkdir()
+        subprocess.run(["git", "init", "-q"], cwd=where, check=True)
+        subprocess.run([str(BIN / "dvc"), "init", "-q"], cwd=where, check=True)
+        (where / "params.yaml").write_text("seed: 7\nstage: {lr: 0.5, steps: 3}\n")
+        (where / "other.yaml").write_text("seed: 99\nsize: 64\n")
+        (where / "dvc.yaml").write_text(yaml.safe_dump({"stages": {
+            "one": {"cmd": "echo 1 > one.txt", "params": ["seed", "stage.lr"], "outs": ["one.txt"]},
+            "two": {"foreach": ["a", "b"], "do": {
+                "cmd": "mkdir -p two/${item}", "outs": ["two/${item}"],
+                "params": ["stage", {"other.yaml": ["seed", "size"]}]}},
+        }}))
+        (where / "one.txt").write_text("1\n")
+        for item in ("a", "b"):
+            (where / "two" / item).mkdir(parents=True)
+            (where / "two" / item / "x.txt").write_text(item)
+        return where
+
+    mine, theirs = project(tmp_path / "mine"), project(tmp_path / "theirs")
+    outputs = ["one.txt", "two/a", "two/b"]
+    monkeypatch.chdir(tmp_path)  # elsewhere: the outputs are relative to the root given
+    assert sorted(record_outputs(mine, outputs)) == ["one", "two@a", "two@b"]
+    subprocess.run([str(BIN / "dvc"), "commit", "--force", "-q", *outputs], cwd=theirs, check=True)
+    recorded = yaml.safe_load((mine / "dvc.lock").read_text())
+    assert recorded == yaml.safe_load((theirs / "dvc.lock").read_text())
+    assert recorded["stages"]["one"]["params"] == {"params.yaml": {"seed": 7, "stage.lr": 0.5}}
+    assert recorded["stages"]["two@b"]["params"] == {"params.yaml": {"stage": {"lr": 0.5, "steps": 3}},
+                                                     "other.yaml": {"seed": 99, "size": 64}}
