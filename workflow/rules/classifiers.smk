@@ -43,6 +43,7 @@ rule evaluate:
         "logs/evaluate/{modality}.log",
     benchmark:
         "benchmarks/evaluate/{modality}.tsv"
+    priority: PRIORITY["evaluate"]
     conda:
         "../envs/medti.yaml"
     threads: 1

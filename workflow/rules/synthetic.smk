@@ -36,6 +36,7 @@ rule interpolate:
         "logs/interpolate/{modality}.log",
     benchmark:
         "benchmarks/interpolate/{modality}.tsv"
+    priority: PRIORITY["interpolate"]
     conda:
         "../envs/medti.yaml"
     threads: 2
