@@ -58,8 +58,8 @@ HAS_GPU = shutil.which("nvidia-smi") is not None
 # Job order among ready jobs: the chain to the synthetic-set classifiers first (prepare, then the embeddings,
 # the sets and the sweeps; each evaluation as soon as it can run); the classifiers fill the cores meanwhile and
 # at the end, where one-thread jobs pack two cores best. Snakemake starts the set of jobs with the largest sum
-# of priorities, so each tier outweighs up to a hundred jobs of the tier below. On two cores the default run
-# ends about 25 s sooner than in Snakemake's own order (docs/performance.md).
+# of priorities, so each tier outweighs up to a hundred jobs of the tier below. Without them, on two cores, a
+# modality's preparation waited for another's embeddings and the last synthetic set for the sweeps.
 PRIORITY = {"prepare": 10000, "train_embedding": 100, "generate": 100, "interpolate": 100, "evaluate": 100}
 
 
