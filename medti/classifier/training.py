@@ -25,8 +25,15 @@ import torch.nn.functional as F
 from medti.atomic import atomic_dir, open_staging, staging_dir, sweep_stale_temporaries, tidy_staging
 from medti.checkpoint import CheckpointStore, checkpoint_dir_for, fingerprint
 from medti.classifier.data import ExperimentData, condition_counts, load_experiment
-from medti.classifier.networks import (NetworkSpec, build_network, check_pretrained, legacy_keys, place, predict,
-                                      standardise)
+from medti.classifier.networks import (
+    NetworkSpec,
+    build_network,
+    check_pretrained,
+    legacy_keys,
+    place,
+    predict,
+    standardise,
+)
 from medti.classifier.outputs import write_outputs
 from medti.classifier.settings import ClassifierSettings
 from medti.config import condition_variant, project_root, stage
